@@ -1,0 +1,18 @@
+"""The one error type users see: a one-line message, a non-zero exit, no traceback."""
+
+from __future__ import annotations
+
+import difflib
+
+import click
+
+
+class UserError(click.ClickException):
+    """Bad input named with what is allowed. click prints it as one line and exits with 1."""
+
+
+def unknown_choice(kind: str, value: str, allowed: list[str] | tuple[str, ...]) -> UserError:
+    """An 'unknown X' error that lists the allowed values and suggests the closest ones."""
+    close = difflib.get_close_matches(value, list(allowed), n=3, cutoff=0.5)
+    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+    return UserError(f"unknown {kind} {value!r}{hint}; known: {', '.join(allowed)}")
