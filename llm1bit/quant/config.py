@@ -1,0 +1,56 @@
+"""QuantSpec: every setting that decides how one linear layer is quantized.
+
+It is validated once, handed to the solver, and written into `quantization_config` of a saved
+checkpoint, so a result always carries the settings that produced it."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from llm1bit.errors import UserError, unknown_choice
+
+METHODS = ("shiftaddllm", "gptq", "bcq", "rtn")
+MODES = ("acc", "lat")
+
+
+@dataclass(frozen=True)
+class QuantSpec:
+    method: str = "shiftaddllm"
+    wbits: int = 3
+    mode: str = "acc"  # shiftaddllm only: acc = column-wise scales, lat = 8-column x N/8-row block scales
+    groupsize: int = -1  # -1: one scale tuple per whole column (acc) / N/8 rows (lat)
+    bcq_rounds: int = 50
+    apot_terms: int = 3
+    blocksize: int = 128  # GPTQ lazy-update column block
+    percdamp: float = 0.01
+    act_order: bool = True
+    incoherence: bool = True  # acc only: QuIP-style rescale + random butterflies, seeded
+    seed: int = 0
+
+    def validate(self) -> QuantSpec:
+        if self.method not in METHODS:
+            raise unknown_choice("method", self.method, METHODS)
+        if self.mode not in MODES:
+            raise unknown_choice("mode", self.mode, MODES)
+        if not 1 <= self.wbits <= 8:
+            raise UserError(f"--wbits {self.wbits} is out of range; allowed: 1 to 8")
+        if self.groupsize == 0 or self.groupsize < -1:
+            raise UserError(f"--groupsize {self.groupsize} is invalid; allowed: -1 (none) or a positive size")
+        if self.mode == "lat" and self.method == "shiftaddllm" and self.groupsize > 0 and self.groupsize % 8:
+            raise UserError(f"--groupsize {self.groupsize} must be a multiple of 8 in lat mode (8-column blocks)")
+        if self.bcq_rounds < 0:
+            raise UserError(f"--bcq-rounds {self.bcq_rounds} must be >= 0")
+        if not 1 <= self.apot_terms <= 8:
+            raise UserError(f"--apot-terms {self.apot_terms} is out of range; allowed: 1 to 8")
+        if self.blocksize <= 0 or self.blocksize % 8:
+            raise UserError(f"blocksize {self.blocksize} must be a positive multiple of 8")
+        if not 0 <= self.percdamp < 1:
+            raise UserError(f"percdamp {self.percdamp} must be in [0, 1)")
+        return self
+
+    def with_bits(self, wbits: int) -> QuantSpec:
+        return dataclasses.replace(self, wbits=wbits).validate()
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

@@ -1,0 +1,83 @@
+"""What quantizing one linear layer produces: the codes as stored, and how to rebuild the weight.
+
+`QuantizedWeight.dequantize()` is the single definition of the quantized weight: the solver
+returns it, the packed format stores exactly its inputs, and `load_quantized` calls it again,
+so a reloaded weight equals the solver's output bit for bit."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass
+class BinaryCodes:
+    """Binary-coding quantization: W[n, k] = sum_b scales[k // col_block, n // row_block, b] * codes[b, n, k].
+
+    Produced by `shiftaddllm` (acc: col_block = 1, lat: col_block = 8) and by plain `bcq`.
+    When the scales are additive powers of two, `scale_signs` / `scale_exps` hold their terms:
+    scales == sum_t scale_signs[..., t] * 2.0 ** scale_exps[..., t] exactly (sign 0 = unused term)."""
+
+    codes: torch.Tensor  # int8 (q, N, K), values +1 / -1 only
+    scales: torch.Tensor  # float32 (ceil(K / col_block), ceil(N / row_block), q)
+    col_block: int
+    row_block: int
+    scale_signs: torch.Tensor | None = None  # int8 (ceil(K/col_block), ceil(N/row_block), q, terms)
+    scale_exps: torch.Tensor | None = None  # int8, same shape
+
+    def dequantize(self) -> torch.Tensor:
+        """float32 (N, K) weight, planes summed in order b = 0 .. q-1."""
+        q, n, k = self.codes.shape
+        scales = self.scales.repeat_interleave(self.col_block, dim=0)[:k]
+        scales = scales.repeat_interleave(self.row_block, dim=1)[:, :n]  # (K, N, q)
+        weight = None
+        for b in range(q):
+            plane = self.codes[b].float() * scales[:, :, b].T
+            weight = plane if weight is None else weight + plane
+        return weight
+
+
+@dataclass
+class UniformCodes:
+    """Uniform asymmetric quantization (rtn / gptq): W[n, k] = scale[n, g] * (qweight[n, k] - zero[n, g]), g = k // groupsize."""
+
+    qweight: torch.Tensor  # uint8 (N, K), values 0 .. 2**bits - 1
+    scale: torch.Tensor  # float32 (N, n_groups)
+    zero: torch.Tensor  # float32 (N, n_groups)
+    groupsize: int  # columns per group (K when not grouped)
+
+    def dequantize(self) -> torch.Tensor:
+        k = self.qweight.shape[1]
+        scale = self.scale.repeat_interleave(self.groupsize, dim=1)[:, :k]
+        zero = self.zero.repeat_interleave(self.groupsize, dim=1)[:, :k]
+        return scale * (self.qweight.float() - zero)
+
+
+@dataclass
+class Incoherence:
+    """Acc-mode incoherence processing: codes live in the basis U (W diag(s)) V^T.
+
+    U (N x N) and V (K x K) are random butterfly orthogonal matrices regenerated from `seed`;
+    `rescale` is the diagonal s. The original-basis weight is (U^T Q V) diag(1/s)."""
+
+    seed: int
+    rescale: torch.Tensor  # float32 (K,)
+
+
+@dataclass
+class QuantizedWeight:
+    codes: BinaryCodes | UniformCodes
+    incoherence: Incoherence | None = None
+    error: float = 0.0  # the solver's summed GPTQ loss sum (w - q)^2 / d^2 / 2 (0 for methods without a solver)
+
+    def dequantize(self) -> torch.Tensor:
+        """float32 (N, K) weight in the original basis; the one definition the solver and the loader share."""
+        weight = self.codes.dequantize()
+        if self.incoherence is not None:
+            from llm1bit.quant.incoherence import undo_incoherence
+
+            weight = undo_incoherence(weight, self.incoherence)
+        return weight
