@@ -17,6 +17,8 @@ COMMANDS: dict[str, str] = {
     "topology": "llm1bit.commands.topology:topology",
     "simulate": "llm1bit.commands.simulate:simulate",
     "sweep": "llm1bit.commands.sweep:sweep",
+    "quantize": "llm1bit.commands.quantize:quantize",
+    "eval": "llm1bit.commands.evaluate:evaluate",
 }
 
 

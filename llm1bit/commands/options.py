@@ -1,0 +1,74 @@
+"""Options and helpers shared by the simulation commands."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+from llm1bit.errors import UserError
+
+
+def parse_int_list(name: str, text: str) -> list[int]:
+    """`128,256` -> [128, 256]; every item a positive integer, else a one-line error."""
+    values = []
+    for item in (x.strip() for x in str(text).split(",")):
+        try:
+            value = int(item)
+        except ValueError:
+            raise UserError(f"{name}: {item!r} is not an integer; give positive integers like 128,256") from None
+        if value <= 0:
+            raise UserError(f"{name}: {value} must be a positive integer")
+        values.append(value)
+    return values
+
+
+def parse_name_list(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def positive_int(ctx: click.Context, param: click.Parameter, value: str | int | None) -> int | None:
+    if value is None:
+        return None
+    return parse_int_list(f"--{param.name.replace('_', '-')}", str(value))[0]
+
+
+def cache_option(f: Callable) -> Callable:
+    return click.option(
+        "--cache-dir",
+        type=click.Path(file_okay=False, path_type=Path),
+        default=None,
+        help="Folder of cached simulator runs [default: $LLM1BIT_CACHE_DIR or ~/.cache/llm1bit].",
+    )(f)
+
+
+def make_cache(cache_dir: Path | None, no_cache: bool = False):
+    from llm1bit.cache import ResultCache, default_cache_dir
+
+    if no_cache:
+        return ResultCache(None)
+    return ResultCache(cache_dir or default_cache_dir())
+
+
+@contextmanager
+def simulator_progress(description: str):
+    """A rich progress bar on stderr (silent when stderr is not a terminal); yields a progress(done, total)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=True,
+    ) as bar:
+        task = bar.add_task(description, total=None)
+
+        def update(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        yield update

@@ -1,0 +1,133 @@
+"""`llm1bit quantize`: ShiftAddLLM (or a baseline) layer by layer, written as a Hugging Face folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from llm1bit.errors import UserError
+
+EPILOG = """\b
+Examples:
+  llm1bit quantize --model ../shared/data/models/stories260K --method shiftaddllm --mode lat \\
+      --wbits 3 --calib calib.txt --nsamples 8 --seqlen 256 -o out/stories-lat3
+  llm1bit quantize --model SmolLM2-135M-Instruct.Q4_1.gguf --method rtn --wbits 3 -o out/smol-rtn3
+"""
+
+
+@click.command(epilog=EPILOG)
+@click.option("--model", "model_src", required=True, help="Local folder, FILE.gguf or hub id (hub only if reachable).")
+@click.option("--method", default="shiftaddllm", show_default=True, help="shiftaddllm, gptq, bcq or rtn.")
+@click.option("--wbits", type=int, default=3, show_default=True, help="Bits per weight (1 to 8).")
+@click.option("--mode", default="acc", show_default=True, help="shiftaddllm: acc (column scales) or lat (blocks).")
+@click.option("--groupsize", type=int, default=-1, show_default=True, help="Rows (or columns) per scale; -1 = none.")
+@click.option("--bits-config", type=click.Path(dir_okay=False), help='JSON {"layers": {"<module>": bits}}.')
+@click.option("--calib", type=click.Path(dir_okay=False), help="Plain-text calibration file (gptq, shiftaddllm).")
+@click.option("--nsamples", type=int, default=128, show_default=True, help="Calibration windows.")
+@click.option("--seqlen", type=int, default=2048, show_default=True, help="Tokens per calibration window.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of window sampling and rotations.")
+@click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
+@click.option("--bcq-rounds", type=int, default=50, show_default=True, help="Alternating BCQ refinement rounds.")
+@click.option("--apot-terms", type=int, default=3, show_default=True, help="Power-of-two terms per scale.")
+@click.option("--no-incoherence", is_flag=True, help="acc mode: skip the rescale + random rotations.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing non-empty output folder.")
+@click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Output folder.")
+def quantize(
+    model_src: str,
+    method: str,
+    wbits: int,
+    mode: str,
+    groupsize: int,
+    bits_config: str | None,
+    calib: str | None,
+    nsamples: int,
+    seqlen: int,
+    seed: int,
+    device: str,
+    bcq_rounds: int,
+    apot_terms: int,
+    no_incoherence: bool,
+    overwrite: bool,
+    output: str,
+) -> None:
+    """Quantize a causal LM's decoder linears layer by layer and save a reloadable folder.
+
+    Embeddings, norms and lm_head stay in the original precision. Calibration text is required for
+    gptq and shiftaddllm; never calibrate on the text you evaluate on."""
+    from llm1bit.quant.config import QuantSpec
+    from llm1bit.quant.pipeline import NEEDS_HESSIAN, check_device, read_bits_config
+
+    spec = QuantSpec(
+        method=method,
+        wbits=wbits,
+        mode=mode,
+        groupsize=groupsize,
+        bcq_rounds=bcq_rounds,
+        apot_terms=apot_terms,
+        incoherence=not no_incoherence,
+        seed=seed,
+    ).validate()
+    layer_bits = read_bits_config(bits_config) if bits_config else None
+    out = Path(output)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output {out} exists and is not a folder")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise UserError(f"output folder {out} exists and is not empty (use --overwrite to replace it)")
+    needs_calib = method in NEEDS_HESSIAN
+    if needs_calib and not calib:
+        raise UserError(f"--method {method} needs --calib FILE (plain text, not your evaluation text)")
+    if calib and not Path(calib).is_file():
+        raise UserError(f"calibration file {calib} does not exist")
+    device = check_device(device)
+    run_quantize(model_src, spec, out, layer_bits, calib if needs_calib else None, nsamples, seqlen, device, overwrite)
+
+
+def run_quantize(
+    model_src: str,
+    spec,
+    out: Path,
+    layer_bits: dict[str, int] | None,
+    calib: str | None,
+    nsamples: int,
+    seqlen: int,
+    device: str,
+    overwrite: bool,
+) -> None:
+    from rich.console import Console
+
+    from llm1bit.atomic import atomic_dir
+    from llm1bit.quant.calib import calibration_windows
+    from llm1bit.quant.checkpoint import save_quantized
+    from llm1bit.quant.models import check_seqlen, load_model
+    from llm1bit.quant.pipeline import quantize_model, summary_table
+
+    console = Console(stderr=True)
+    model, tokenizer = load_model(model_src)
+    windows = None
+    calibration = None
+    if calib:
+        check_seqlen(model, seqlen)
+        windows = calibration_windows(calib, tokenizer, nsamples, seqlen, spec.seed)
+        calibration = {"file": Path(calib).name, "nsamples": nsamples, "seqlen": seqlen, "seed": spec.seed}
+    total_fp16 = 2 * sum(p.numel() for p in model.parameters())  # tied weights counted once
+    report = quantize_model(model, spec, windows, device=device, bits_config=layer_bits, console=console)
+    extra = {"calibration": calibration, "source_model": str(model_src)}
+    with atomic_dir(out, overwrite=overwrite) as tmp:
+        qconfig = save_quantized(model, tokenizer, tmp, spec.to_dict(), extra=extra)
+        (tmp / "llm1bit_report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+        disk = (tmp / "model.safetensors").stat().st_size
+    packed = sum(m["nbytes"] for m in qconfig["modules"].values())
+    linear_fp16 = sum(2 * m["shape"][0] * m["shape"][1] for m in qconfig["modules"].values())
+    console.print(summary_table(report))
+    console.print(
+        f"time: {report.total_seconds:.1f} s (forward passes {report.forward_seconds:.1f} s, "
+        f"solver {report.solver_seconds:.1f} s)"
+    )
+    console.print(
+        f"size: model.safetensors {disk / 2**20:.2f} MiB vs {total_fp16 / 2**20:.2f} MiB in FP16 "
+        f"({disk / total_fp16:.1%}); quantized linears {packed / 2**20:.2f} MiB packed vs "
+        f"{linear_fp16 / 2**20:.2f} MiB in FP16 ({packed / linear_fp16:.1%})"
+    )
+    click.echo(f"wrote {out}")

@@ -1,0 +1,131 @@
+"""Hardware: SCALE-Sim `.cfg` files read, validated and written back (the format users already speak)."""
+
+from __future__ import annotations
+
+import configparser
+import dataclasses
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+
+from llm1bit.errors import UserError, unknown_choice
+
+HW_DIR = Path(__file__).resolve().parent.parent / "hw_configs"
+BUILTIN_HW = ("cloud", "edge")
+DATAFLOWS = ("os", "ws", "is")
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """A systolic-array accelerator as SCALE-Sim describes it. Sizes in kB, one-byte words."""
+
+    name: str
+    rows: int
+    cols: int
+    ifmap_sram_kb: int
+    filter_sram_kb: int
+    ofmap_sram_kb: int
+    dataflow: str = "os"
+    bandwidth_mode: str = "CALC"
+    bandwidth: int = 10
+    ifmap_offset: int = 0
+    filter_offset: int = 10_000_000
+    ofmap_offset: int = 20_000_000
+
+    def with_dataflow(self, dataflow: str | None) -> Hardware:
+        if dataflow is None:
+            return self
+        if dataflow not in DATAFLOWS:
+            raise unknown_choice("dataflow", dataflow, DATAFLOWS)
+        return dataclasses.replace(self, dataflow=dataflow)
+
+    def to_cfg(self, run_name: str | None = None) -> str:
+        """SCALE-Sim 2.0.2 config text (no [network_presets]: 2.0.2 misreads it)."""
+        return (
+            "[general]\n"
+            f"run_name = {run_name or self.name}\n\n"
+            "[architecture_presets]\n"
+            f"ArrayHeight: {self.rows}\nArrayWidth: {self.cols}\n"
+            f"IfmapSramSzkB: {self.ifmap_sram_kb}\nFilterSramSzkB: {self.filter_sram_kb}\n"
+            f"OfmapSramSzkB: {self.ofmap_sram_kb}\n"
+            f"IfmapOffset: {self.ifmap_offset}\nFilterOffset: {self.filter_offset}\n"
+            f"OfmapOffset: {self.ofmap_offset}\n"
+            f"Dataflow: {self.dataflow}\nBandwidth: {self.bandwidth}\n\n"
+            "[run_presets]\n"
+            f"InterfaceBandwidth: {self.bandwidth_mode}\n"
+        )
+
+    def fingerprint(self) -> str:
+        """Hash of everything that decides a simulation's answer (the name is left out)."""
+        return hashlib.sha256(self.to_cfg(run_name="x").encode()).hexdigest()[:16]
+
+
+def _int_field(cp: configparser.ConfigParser, path: Path, key: str, minimum: int = 0) -> int:
+    raw = cp.get("architecture_presets", key, fallback=None)
+    if raw is None:
+        raise UserError(f"malformed hardware config {path}: [architecture_presets] lacks {key}")
+    try:
+        value = int(raw.strip())
+    except ValueError:
+        raise UserError(f"malformed hardware config {path}: {key} = {raw!r} is not an integer") from None
+    if value < minimum:
+        raise UserError(f"malformed hardware config {path}: {key} = {value} must be >= {minimum}")
+    return value
+
+
+def read_cfg(path: str | Path) -> Hardware:
+    """Parse a SCALE-Sim `.cfg`; every problem is a one-line UserError naming the field."""
+    path = Path(path)
+    cp = configparser.ConfigParser()
+    try:
+        text = path.read_text()
+        cp.read_string(text)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UserError(f"cannot read hardware config {path}: {exc}") from None
+    except configparser.Error as exc:
+        first = str(exc).splitlines()[0]
+        raise UserError(f"malformed hardware config {path}: {first}") from None
+    for section in ("architecture_presets", "run_presets"):
+        if not cp.has_section(section):
+            raise UserError(f"malformed hardware config {path}: missing section [{section}]")
+    dataflow = cp.get("architecture_presets", "Dataflow", fallback="os").strip().lower()
+    if dataflow not in DATAFLOWS:
+        raise UserError(f"malformed hardware config {path}: Dataflow {dataflow!r}; allowed: os, ws, is")
+    mode = cp.get("run_presets", "InterfaceBandwidth", fallback="CALC").strip().upper()
+    if mode not in ("CALC", "USER"):
+        raise UserError(f"malformed hardware config {path}: InterfaceBandwidth {mode!r}; allowed: CALC, USER")
+    bandwidth_raw = cp.get("architecture_presets", "Bandwidth", fallback="10").split(",")[0]
+    try:
+        bandwidth = int(bandwidth_raw.strip())
+    except ValueError:
+        raise UserError(f"malformed hardware config {path}: Bandwidth {bandwidth_raw!r} is not an integer") from None
+    name = cp.get("general", "run_name", fallback=path.stem).strip() or path.stem
+    return Hardware(
+        name=name,
+        rows=_int_field(cp, path, "ArrayHeight", 1),
+        cols=_int_field(cp, path, "ArrayWidth", 1),
+        ifmap_sram_kb=_int_field(cp, path, "IfmapSramSzkB", 1),
+        filter_sram_kb=_int_field(cp, path, "FilterSramSzkB", 1),
+        ofmap_sram_kb=_int_field(cp, path, "OfmapSramSzkB", 1),
+        dataflow=dataflow,
+        bandwidth_mode=mode,
+        bandwidth=bandwidth,
+        ifmap_offset=_int_field(cp, path, "IfmapOffset"),
+        filter_offset=_int_field(cp, path, "FilterOffset"),
+        ofmap_offset=_int_field(cp, path, "OfmapOffset"),
+    )
+
+
+def load_hardware(spec: str, dataflow: str | None = None) -> Hardware:
+    """`cloud`, `edge`, or a path to any SCALE-Sim `.cfg`; `dataflow` overrides the file's."""
+    if spec in BUILTIN_HW:
+        hw = read_cfg(HW_DIR / f"{spec}.cfg")
+        hw = dataclasses.replace(hw, name=spec)
+    else:
+        path = Path(spec)
+        if not path.is_file():
+            raise UserError(
+                f"unknown hardware {spec!r}: not a built-in name ({', '.join(BUILTIN_HW)}) nor an existing .cfg file"
+            )
+        hw = read_cfg(path)
+    return hw.with_dataflow(dataflow)

@@ -1,0 +1,331 @@
+"""Binary-coding quantization (spec §1): x ~ sum_b a_b * B_b with codes B_b in {-1, +1}.
+
+Everything works on a batch of G groups at once: `x` is (G, n) float32, each row one group, with
+`sizes[g]` valid entries at the start of row g (the rest is padding and ignored). This covers the
+solver's acc columns (one or N/groupsize groups), lat slabs (N/gr row blocks x 8 columns) and the
+plain `bcq` baseline (all columns of a layer at once).
+
+`bcq_fit` follows the reference exactly, step by step:
+  greedy init (b = sign(r), a = mean|r|);  then `rounds` times:
+  LS for a by q warm-started float32 CG steps (eps 1e-6) -> |a| sorted descending -> APoT ->
+  exact nearest-level code refit (levels in the reference's sign order, midpoints, ties go right).
+It is made fast without changing a single bit of the result:
+
+* After round 1 the codes are a function of (x, a) only (nearest level), so B^T B and B^T x need
+  only, per group, how many entries fall in each level interval and their sum. With x sorted once
+  per call and prefix sums, a round costs O(2^q log n) instead of O(n q).
+* The state after a round is its scale vector a. If a round returns the scales of an earlier round,
+  the sequence is periodic from there on (a fixed point is period 1) and the scales after round
+  `rounds` are known; the loop stops early. The result is bit-identical to running all rounds.
+* Interval counts use an exact batched binary search on order-preserving integer keys of the
+  float32 values, so the comparison `x < mid` is the exact float comparison.
+
+Deviations from the reference, each deliberate:
+* B^T x is summed in float64 and rounded to float32 (the reference sums in float32 on the GPU in
+  an unspecified order); the CG itself is float32.
+* Equal levels (two equal scales, or a zero scale) are ordered by a stable sort, so the code vector
+  chosen for a tied level is deterministic (the reference's GPU sort leaves it unspecified).
+* With rounds == 0 or q == 1 the reference skips the refinement and returns unrounded scales and
+  greedy codes that can be 0 (spec §9.12). Here the scales are still made |a|, sorted, APoT-rounded
+  (when APoT is on) and the codes refit to the nearest level, so codes are always +-1 and scales
+  always representable."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import numpy as np
+
+from llm1bit.quant.apot import apot
+
+CG_EPS = np.float32(1e-6)
+MAX_PERIOD = 4  # longest cycle of scale vectors the early exit looks for
+
+
+@lru_cache(maxsize=8)
+def sign_table(q: int) -> np.ndarray:
+    """(2**q, q) float32 sign vectors in the reference's order L_m = [+1 (+) L_{m-1}] ++ [-1 (+) L_{m-1}].
+
+    For q = 2: (+,+), (+,-), (-,+), (-,-). Row l has -1 in plane b iff bit (q-1-b) of l is set."""
+    rows = np.arange(2**q)[:, None]
+    bits = (rows >> (q - 1 - np.arange(q))[None, :]) & 1
+    table = (1 - 2 * bits).astype(np.float32)
+    table.setflags(write=False)
+    return table
+
+
+def float_keys(x: np.ndarray) -> np.ndarray:
+    """uint64 keys with the order of the float32 values (-0.0 and +0.0 get the same key)."""
+    x = np.asarray(x, dtype=np.float32) + np.float32(0.0)  # -0.0 + 0.0 == +0.0
+    u = x.view(np.uint32).astype(np.uint64)
+    neg = (u >> np.uint64(31)) == 1
+    return np.where(neg, np.uint64(0xFFFFFFFF) - u, u | np.uint64(0x80000000))
+
+
+def _group_keys(x: np.ndarray) -> np.ndarray:
+    """Keys of a (G, m) float32 array, offset by group so that a row-wise sorted array is globally sorted."""
+    g = np.arange(x.shape[0], dtype=np.uint64)[:, None] << np.uint64(32)
+    return float_keys(x) | g
+
+
+def levels(a: np.ndarray) -> np.ndarray:
+    """(G, 2**q) level values s . a, summed plane by plane in order b = 0 .. q-1 in float32.
+
+    The same order as `BinaryCodes.dequantize`, so a weight set to a level equals its dequantization bit for bit."""
+    signs = sign_table(a.shape[1])
+    out = signs[None, :, 0] * a[:, None, 0]
+    for b in range(1, a.shape[1]):
+        out = out + signs[None, :, b] * a[:, None, b]
+    return out
+
+
+@dataclass
+class LevelTable:
+    """Sorted levels of each group and the midpoints between neighbours (what the binary search compares to)."""
+
+    values: np.ndarray  # (G, L) float32, ascending
+    order: np.ndarray  # (G, L) index into sign_table of each sorted level
+    mids: np.ndarray  # (G, L-1) float32
+    mid_keys: np.ndarray  # (G*(L-1),) uint64, globally sorted
+
+    @classmethod
+    def build(cls, a: np.ndarray) -> LevelTable:
+        lv = levels(a)
+        order = np.argsort(lv, axis=1, kind="stable")
+        values = np.take_along_axis(lv, order, axis=1)
+        mids = (values[:, :-1] + values[:, 1:]) / np.float32(2.0)
+        return cls(values, order, mids, _group_keys(mids).ravel())
+
+    def index(self, x: np.ndarray, group: np.ndarray | None = None) -> np.ndarray:
+        """Sorted-level index of each entry: the number of midpoints <= x (x < mid goes left, ties go right).
+
+        x is (G, n) (row g against group g), or 1-D with `group` naming each entry's group."""
+        m = self.mids.shape[1]
+        if m == 0:
+            return np.zeros(x.shape, dtype=np.int64)
+        if group is None:
+            group = np.broadcast_to(np.arange(x.shape[0])[:, None], x.shape)
+        keys = float_keys(x) | (group.astype(np.uint64) << np.uint64(32))
+        pos = np.searchsorted(self.mid_keys, keys.ravel(), side="right").reshape(x.shape)
+        return pos - group * m
+
+
+def assign(x: np.ndarray, a: np.ndarray, table: LevelTable | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Exact nearest-level codes for fixed scales a (G, q): (codes int8 (q, G, n), xhat float32 (G, n))."""
+    table = table or LevelTable.build(a)
+    idx = table.index(x)
+    pattern = np.take_along_axis(table.order, idx, axis=1)
+    xhat = np.take_along_axis(table.values, idx, axis=1)
+    codes = np.moveaxis(sign_table(a.shape[1])[pattern], -1, 0).astype(np.int8)
+    return codes, xhat
+
+
+def greedy(x: np.ndarray, sizes: np.ndarray, q: int) -> tuple[np.ndarray, np.ndarray]:
+    """Greedy residual init: b_i = sign(r), a_i = mean_group |r|. Padding must be 0. Returns (B (G, n, q), a (G, q))."""
+    r = x.copy()
+    n = sizes.astype(np.float32)
+    codes = np.empty(x.shape + (q,), dtype=np.float32)
+    a = np.empty((x.shape[0], q), dtype=np.float32)
+    for i in range(q):
+        b = np.sign(r)
+        a[:, i] = np.abs(r).sum(axis=1, dtype=np.float32) / n
+        r -= a[:, i, None] * b
+        codes[..., i] = b
+    return codes, a
+
+
+def cg(A: np.ndarray, rhs: np.ndarray, a: np.ndarray, iters: int) -> np.ndarray:
+    """The reference's batched conjugate gradient for A a = rhs: warm start, `iters` steps, eps 1e-6, float32."""
+    a = a.copy()
+    r = rhs - np.einsum("gij,gj->gi", A, a)
+    p = r.copy()
+    rs = np.einsum("gi,gi->g", r, r)
+    for _ in range(iters):
+        ap = np.einsum("gij,gj->gi", A, p)
+        alpha = rs / (np.einsum("gi,gi->g", p, ap) + CG_EPS)
+        a += alpha[:, None] * p
+        r -= alpha[:, None] * ap
+        rs_new = np.einsum("gi,gi->g", r, r)
+        beta = rs_new / (rs + CG_EPS)
+        p = r + beta[:, None] * p
+        rs = rs_new
+    return a
+
+
+class _SortedGroups:
+    """x sorted per group, with float64 prefix sums and search keys: B^T B and B^T x of nearest-level codes in O(L log n)."""
+
+    def __init__(self, x: np.ndarray, sizes: np.ndarray):
+        n = x.shape[1]
+        pad = np.arange(n)[None, :] >= sizes[:, None]
+        xs = np.sort(np.where(pad, np.float32(np.inf), x), axis=1)
+        self.keys = _group_keys(xs).ravel()
+        csum = np.zeros((x.shape[0], n + 1), dtype=np.float64)
+        np.cumsum(np.where(np.isinf(xs), 0.0, xs), axis=1, dtype=np.float64, out=csum[:, 1:])
+        self.csum = csum
+        self.sizes = sizes
+        self.n = n
+
+    def normal_equations(self, table: LevelTable, q: int) -> tuple[np.ndarray, np.ndarray]:
+        G = self.csum.shape[0]
+        L = table.values.shape[1]
+        bounds = np.empty((G, L + 1), dtype=np.int64)
+        bounds[:, 0] = 0
+        bounds[:, L] = self.sizes
+        if L > 1:
+            qk = float_keys(table.mids) | (np.arange(G, dtype=np.uint64)[:, None] << np.uint64(32))
+            pos = np.searchsorted(self.keys, qk.ravel(), side="left").reshape(G, L - 1)
+            bounds[:, 1:L] = pos - np.arange(G)[:, None] * self.n
+        counts = np.diff(bounds, axis=1).astype(np.float64)
+        sums = np.diff(np.take_along_axis(self.csum, bounds, axis=1), axis=1)
+        s = sign_table(q)[table.order].astype(np.float64)  # (G, L, q)
+        btb = np.einsum("glq,gl,glr->gqr", s, counts, s).astype(np.float32)
+        btx = np.einsum("glq,gl->gq", s, sums).astype(np.float32)
+        return btb, btx
+
+
+@dataclass
+class BCQFit:
+    scales: np.ndarray  # (G, q) float32, non-negative, descending
+    signs: np.ndarray | None  # (G, q, terms) int8 APoT terms (None without APoT)
+    exps: np.ndarray | None
+    rounds_run: int  # rounds actually computed (<= rounds thanks to the exact early exit)
+
+
+def _finish(a: np.ndarray, apot_terms: int | None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """|a| sorted descending per group, then APoT when requested (spec §1.3 steps 2-3)."""
+    a = -np.sort(-np.abs(a), axis=1)
+    if apot_terms is None:
+        return a, None, None
+    return apot(a, apot_terms)
+
+
+def bcq_fit(
+    x: np.ndarray,
+    sizes: np.ndarray,
+    q: int,
+    rounds: int,
+    apot_terms: int | None,
+    early_exit: bool = True,
+) -> BCQFit:
+    """Scales of BCQ(x, q, rounds, bst=True, apot_terms) for G groups (x (G, n) float32, padding = 0).
+
+    The codes that go with the scales are `assign(x, fit.scales)` (the reference's last refit step)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    sizes = np.asarray(sizes, dtype=np.int64)
+    codes, a = greedy(x, sizes, q)
+    if rounds == 0 or q == 1:
+        s, signs, exps = _finish(a, apot_terms)
+        return BCQFit(s, signs, exps, 0)
+    # round 1 starts from the greedy codes (which may hold zeros)
+    btb = np.einsum("gnq,gnr->gqr", codes, codes)
+    btx = np.einsum("gnq,gn->gq", codes.astype(np.float64), x.astype(np.float64)).astype(np.float32)
+    del codes
+    sorted_groups = _SortedGroups(x, sizes)
+    history: list[tuple] = []  # (a, signs, exps) after round r = 1, 2, ...
+    final: list | None = None
+    done = np.zeros(x.shape[0], dtype=bool)
+    for r in range(1, rounds + 1):
+        a = cg(btb, btx, a, q)
+        a, signs, exps = _finish(a, apot_terms)
+        history.append((a, signs, exps))
+        if r == rounds:
+            break
+        if early_exit and r >= 2:
+            final = _resolve_cycles(history, rounds, done, final)
+            if done.all():
+                break
+        btb, btx = sorted_groups.normal_equations(LevelTable.build(a), q)
+    rounds_run = len(history)
+    last = history[-1]
+    if final is None:
+        return BCQFit(last[0], last[1], last[2], rounds_run)
+    scales = np.where(done[:, None], final[0], last[0])
+    signs = exps = None
+    if apot_terms is not None:
+        signs = np.where(done[:, None, None], final[1], last[1])
+        exps = np.where(done[:, None, None], final[2], last[2])
+    return BCQFit(scales, signs, exps, rounds_run)
+
+
+def _resolve_cycles(history: list[tuple], rounds: int, done: np.ndarray, final: list | None) -> list:
+    """Mark groups whose latest scales repeat an earlier round's and record their scales after `rounds` rounds."""
+    r = len(history)  # rounds computed so far; history[i] is the state after round i + 1
+    a_r = history[-1][0]
+    if final is None:
+        final = [np.zeros_like(v) if v is not None else None for v in history[-1]]
+    for period in range(1, min(MAX_PERIOD, r - 1) + 1):
+        j = r - period  # state after round j equals the state after round r
+        match = ~done & np.all(history[j - 1][0] == a_r, axis=1)
+        if not match.any():
+            continue
+        target = j + (rounds - j) % period  # round whose state equals the state after `rounds`
+        for slot in range(3):
+            if final[slot] is not None:
+                final[slot][match] = history[target - 1][slot][match]
+        done |= match
+    return final
+
+
+def bcq(
+    x: np.ndarray,
+    sizes: np.ndarray,
+    q: int,
+    rounds: int,
+    apot_terms: int | None,
+) -> tuple[np.ndarray, np.ndarray, BCQFit]:
+    """Fit and refit: (codes int8 (q, G, n), xhat float32 (G, n), fit)."""
+    fit = bcq_fit(x, sizes, q, rounds, apot_terms)
+    codes, xhat = assign(x, fit.scales)
+    return codes, xhat, fit
+
+
+def group_rows(x: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split a (..., n) array into runs of `size` along the last axis: ((..., G, size) zero-padded, sizes (G,))."""
+    n = x.shape[-1]
+    G = -(-n // size)
+    if G * size != n:
+        pad = np.zeros(x.shape[:-1] + (G * size - n,), dtype=x.dtype)
+        x = np.concatenate([x, pad], axis=-1)
+    sizes = np.full(G, size, dtype=np.int64)
+    sizes[-1] = n - (G - 1) * size
+    return x.reshape(x.shape[:-1] + (G, size)), sizes
+
+
+def bcq_simple(x: np.ndarray, q: int, rounds: int, apot_terms: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """A direct, slow statement of §1 for one group (1-D x): all rounds, explicit codes. (codes (q, n), scales (q,)).
+
+    It exists to check `bcq_fit` (tests) and to time the unoptimised algorithm (scripts/bench_solver.py)."""
+    x = np.asarray(x, dtype=np.float32)[None, :]
+    sizes = np.array([x.shape[1]])
+    codes, a = greedy(x, sizes, q)
+    B = codes[0]  # (n, q)
+    if rounds > 0 and q > 1:
+        for _ in range(rounds):
+            btb = (B.T @ B)[None]
+            btx = (B.T.astype(np.float64) @ x[0].astype(np.float64)).astype(np.float32)[None]
+            a = cg(btb, btx, a, q)
+            a, _, _ = _finish(a, apot_terms)
+            lv = levels(a)[0]
+            order = np.argsort(lv, kind="stable")
+            vals = lv[order]
+            mids = (vals[:-1] + vals[1:]) / np.float32(2.0)
+            idx = np.array([_binary_search(mids, v) for v in x[0]])
+            B = sign_table(q)[order[idx]]
+    else:
+        a, _, _ = _finish(a, apot_terms)
+        B = assign(x, a)[0][:, 0, :].T.astype(np.float32)
+    return B.T.astype(np.int8), a[0]
+
+
+def _binary_search(mids: np.ndarray, v: np.float32) -> int:
+    """Halve over the sorted levels: v < mid goes left, equality goes right (the reference's rule)."""
+    lo, hi = 0, len(mids) + 1  # level index in [lo, hi)
+    while hi - lo > 1:
+        m = (lo + hi) // 2
+        if v < mids[m - 1]:
+            hi = m
+        else:
+            lo = m
+    return lo

@@ -1,0 +1,223 @@
+"""Load a causal LM (local folder, `.gguf` file, hub id, or an llm1bit output folder) and find its
+decoder layers and the linear layers inside them that get quantized.
+
+The layout is read from the module structure: the decoder stack is the `nn.ModuleList` of
+`config.num_hidden_layers` identical layers, and each layer's `nn.Linear` children must form one of the
+known layouts (OPT or LLaMA-style); anything else is refused with a message naming what was found."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlparse
+
+from llm1bit.errors import UserError
+
+if TYPE_CHECKING:
+    from torch import nn
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+QUANT_METHOD_PREFIX = "llm1bit-"
+
+# Linear layers of one decoder layer, relative names, in the order they are quantized.
+LAYOUTS: dict[str, tuple[str, ...]] = {
+    "opt": (
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        "self_attn.q_proj",
+        "self_attn.out_proj",
+        "fc1",
+        "fc2",
+    ),
+    "llama": (
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        "self_attn.o_proj",
+        "mlp.gate_proj",
+        "mlp.up_proj",
+        "mlp.down_proj",
+    ),
+}
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+@dataclass
+class DecoderStack:
+    """Where the decoder layers live and which linears of each layer are quantized."""
+
+    prefix: str  # module name of the ModuleList, e.g. "model.layers" or "model.decoder.layers"
+    layers: nn.ModuleList
+    layout: str  # a key of LAYOUTS
+    linears: tuple[str, ...]  # relative names inside one layer
+
+    def layer_name(self, index: int) -> str:
+        return f"{self.prefix}.{index}"
+
+    def module_names(self) -> list[str]:
+        """Full module names of every quantizable linear, layer by layer."""
+        return [f"{self.prefix}.{i}.{rel}" for i in range(len(self.layers)) for rel in self.linears]
+
+
+def find_decoder_stack(model: nn.Module) -> DecoderStack:
+    """Locate the decoder layers and check their linear layers (or `QuantLinear`s) against the known layouts."""
+    from torch import nn
+
+    from llm1bit.quant.linear import QuantLinear
+
+    linear = (nn.Linear, QuantLinear)
+
+    n_layers = getattr(model.config, "num_hidden_layers", None)
+    candidates = [
+        (name, mod)
+        for name, mod in model.named_modules()
+        if isinstance(mod, nn.ModuleList)
+        and len(mod) > 0
+        and (n_layers is None or len(mod) == n_layers)
+        and len({type(m) for m in mod}) == 1
+        and any(isinstance(m, linear) for m in mod[0].modules())
+    ]
+    if len(candidates) != 1:
+        found = ", ".join(n for n, _ in candidates) or "none"
+        raise UserError(
+            f"cannot find the decoder layers of {type(model).__name__}: expected one list of "
+            f"{n_layers} identical layers, found {found}"
+        )
+    prefix, layers = candidates[0]
+    names = tuple(n for n, m in layers[0].named_modules() if isinstance(m, linear))
+    for layout, expected in LAYOUTS.items():
+        if set(names) == set(expected):
+            for i, layer in enumerate(layers):
+                got = {n for n, m in layer.named_modules() if isinstance(m, linear)}
+                if got != set(expected):
+                    raise UserError(f"decoder layer {i} of {type(model).__name__} has linears {sorted(got)}")
+            return DecoderStack(prefix=prefix, layers=layers, layout=layout, linears=expected)
+    raise UserError(
+        f"unsupported layer structure in {type(model).__name__}: linear layers {', '.join(names)}; "
+        f"supported: OPT ({', '.join(LAYOUTS['opt'])}) and LLaMA-style ({', '.join(LAYOUTS['llama'])})"
+    )
+
+
+def _is_llm1bit_folder(path: Path) -> bool:
+    config = path / "config.json"
+    if not config.is_file():
+        return False
+    try:
+        qc = json.loads(config.read_text()).get("quantization_config") or {}
+    except (OSError, json.JSONDecodeError):
+        return False
+    return str(qc.get("quant_method", "")).startswith(QUANT_METHOD_PREFIX)
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hugging Face hub endpoint answers a TCP connection (offline mode counts as no)."""
+    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
+        return False
+    url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging
+
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+
+
+def load_model(source: str | os.PathLike, dtype: str = "auto") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load (model, tokenizer) on the CPU in eval mode from a folder, a `.gguf` file or a hub id.
+
+    A folder written by `llm1bit quantize` is rebuilt with `load_quantized`."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    _quiet_transformers()
+    text = str(source)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if _is_llm1bit_folder(path):
+            from llm1bit.quant.checkpoint import load_quantized
+
+            return load_quantized(path, with_tokenizer=True)
+        if not (path / "config.json").is_file():
+            raise UserError(f"model folder {path} has no config.json")
+        try:
+            model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+            tokenizer = AutoTokenizer.from_pretrained(path)
+        except (OSError, ValueError, KeyError) as exc:
+            raise UserError(f"cannot load model from {path}: {_first_line(exc)}") from None
+    elif path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise UserError(f"GGUF file {path} does not exist")
+        model, tokenizer = _load_gguf(path)
+    elif path.exists():
+        raise UserError(f"--model {text}: expected a model folder or a .gguf file")
+    elif not _HUB_ID.match(text) or text.startswith((".", "/", "~")):
+        raise UserError(f"model {text!r} does not exist (not a local folder, .gguf file or hub id)")
+    else:
+        model, tokenizer = _load_hub(text, dtype)
+    model.eval()
+    return model, tokenizer
+
+
+def _load_gguf(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a GGUF file through transformers (dequantized to float32) and make it serializable."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
+        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    except ImportError as exc:
+        raise UserError(f"loading {path.name} needs the gguf and accelerate packages: {_first_line(exc)}") from None
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:
+        raise UserError(f"cannot load GGUF file {path}: {_first_line(exc)}") from None
+    # The weights are dequantized already; drop the gguf marker so save_pretrained works.
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    model.is_quantized = False
+    return model, tokenizer
+
+
+def _load_hub(model_id: str, dtype: str) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Load a hub id from the local cache, else from the hub when it is reachable."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    for local_only in (True, False):
+        if not local_only and not hub_reachable():
+            raise UserError(
+                f"model {model_id!r} is not a local folder or .gguf file, is not in the Hugging Face "
+                "cache, and the hub is unreachable from here; pass a local folder or FILE.gguf"
+            )
+        try:
+            model = AutoModelForCausalLM.from_pretrained(model_id, dtype=dtype, local_files_only=local_only)
+            tokenizer = AutoTokenizer.from_pretrained(model_id, local_files_only=local_only)
+            return model, tokenizer
+        except (OSError, ValueError) as exc:
+            if not local_only:
+                raise UserError(f"cannot load model {model_id!r} from the hub: {_first_line(exc)}") from None
+    raise AssertionError("unreachable")
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def check_seqlen(model: nn.Module, seqlen: int, flag: str = "--seqlen") -> None:
+    """Refuse windows longer than the model's context (OPT's learned positions would fail, RoPE degrade)."""
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if seqlen < 2:
+        raise UserError(f"{flag} {seqlen} must be at least 2")
+    if limit is not None and seqlen > limit:
+        raise UserError(f"{flag} {seqlen} exceeds the model's context of {limit} tokens (max_position_embeddings)")

@@ -1,0 +1,73 @@
+"""Workload: a model's products as GEMMs, in SCALE-Sim's convention (ifmap M x K, filter K x N).
+
+Decode (the study's case): one new token per sequence with a KV cache, so every projection is a
+matrix-vector product with M = batch, N = output size, K = contraction size, the weight in the
+filter operand. Attention products use the cached K / V as the filter operand: per K/V head,
+Q.K^T is (g x d_h).(d_h x l) and score.V is (g x l).(l x d_h), with g = query heads sharing that
+K/V head (g = 1 without grouped-query attention). Prefill processes the whole prompt of l tokens:
+M = batch * l for the projections and g * l for the attention products."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from llm1bit.errors import UserError
+from llm1bit.models import ModelSpec
+
+PHASES = ("decode", "prefill")
+MATMUL = "matmul"  # attention heads: activation x activation
+MATMUL_FREE = "matmul_free"  # projections: activation x weight (the part 1-bit LLMs make multiplication-free)
+PARTS = (MATMUL_FREE, MATMUL)
+
+
+@dataclass(frozen=True)
+class Gemm:
+    name: str
+    part: str
+    m: int
+    n: int
+    k: int
+    count: int  # occurrences per forward step of the whole model (per block x blocks x heads x sequences)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        return (self.m, self.n, self.k)
+
+
+def _positive(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        raise UserError(f"{name} = {value!r} must be a positive integer")
+    return value
+
+
+def build_workload(model: ModelSpec, seq_len: int, phase: str = "decode", batch: int = 1) -> list[Gemm]:
+    """The GEMMs of one forward step (decode: one token per sequence; prefill: the whole prompt)."""
+    _positive("seq_len", seq_len)
+    _positive("batch", batch)
+    if phase not in PHASES:
+        raise UserError(f"unknown phase {phase!r}; allowed: {', '.join(PHASES)}")
+    d, dh, layers = model.d_model, model.dim_head, model.n_layers
+    h, hkv = model.n_heads, model.kv_heads
+    group = h // hkv
+    tokens = batch if phase == "decode" else batch * seq_len
+    rows = group if phase == "decode" else group * seq_len  # query rows per K/V head and sequence
+
+    def proj(name: str, n: int, k: int) -> Gemm:
+        return Gemm(name, MATMUL_FREE, tokens, n, k, layers)
+
+    gemms = [
+        proj("q_proj", h * dh, d),
+        proj("k_proj", hkv * dh, d),
+        proj("v_proj", hkv * dh, d),
+        proj("out_proj", d, h * dh),
+    ]
+    if model.gated_ffn:
+        gemms += [proj("gate_proj", model.d_ff, d), proj("up_proj", model.d_ff, d), proj("down_proj", d, model.d_ff)]
+    else:
+        gemms += [proj("ffn_in", model.d_ff, d), proj("ffn_out", d, model.d_ff)]
+    heads = hkv * batch * layers
+    gemms += [
+        Gemm("attn_qk", MATMUL, rows, seq_len, dh, heads),
+        Gemm("attn_sv", MATMUL, rows, dh, seq_len, heads),
+    ]
+    return gemms
