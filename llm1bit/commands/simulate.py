@@ -61,7 +61,7 @@ def print_split(split) -> None:
         )
     )
     for col in ("product", "part", "M", "N", "K", "count", "cycles", "x count", "SRAM acc. x count", "DRAM x count"):
-        table.add_column(col, justify="left" if col in ("product", "part") else "right")
+        table.add_column(col, justify="left" if col in ("product", "part") else "right", no_wrap=col == "product")
     for layer in split.layers:
         g, c = layer.gemm, layer.counters
         table.add_row(
