@@ -1,0 +1,110 @@
+"""`llm1bit amdahl`: overall speedup when only the projections, or only the attention heads, get faster."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import click
+
+from llm1bit.commands.options import cache_option, make_cache, positive_int, simulator_progress
+
+
+@click.command()
+@click.option("--model", "model_names", required=True, help="Name(s) or config.json path(s), comma-separated.")
+@click.option("--hw", "hw_spec", default="cloud", show_default=True, help="cloud, edge, or a SCALE-Sim .cfg path.")
+@click.option("--seq-len", default="2048", callback=positive_int, show_default=True)
+@click.option("--metric", type=click.Choice(["cycles", "memory"]), default="cycles", show_default=True,
+              help="Fraction of compute cycles or of SRAM accesses.")
+@click.option("--s-partial", default=None, help="Speedups of the improved part [default: 1,2,5,10,100].")
+@click.option("--s-range", default=None, help="START:END[:N] log-spaced speedups, e.g. 1:100.")
+@click.option("--dataflow", type=click.Choice(["os", "ws", "is"]), default=None)
+@click.option("--backend", type=click.Choice(["scalesim", "analytic"]), default="scalesim", show_default=True)
+@click.option("--phase", type=click.Choice(["decode", "prefill"]), default="decode", show_default=True)
+@click.option("--batch", default="1", callback=positive_int, show_default=True)
+@click.option("--jobs", default=None, callback=positive_int)
+@cache_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (a list when several models are given).")
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Also draw the curves to this .png / .pdf / .svg.")
+def amdahl(
+    model_names: str, hw_spec: str, seq_len: int, metric: str, s_partial: str | None, s_range: str | None,
+    dataflow: str | None, backend: str, phase: str, batch: int, jobs: int | None, cache_dir: Path | None,
+    as_json: bool, plot: Path | None,
+) -> None:
+    """Amdahl's law of LLMs from the simulated MatMul-free fraction F.
+
+    \b
+    Projections sped up by S:      S_total = 1 / ((1 - F) + F / S)
+    Attention heads sped up by S:  S_total = 1 / (F + (1 - F) / S)
+    Examples:
+      llm1bit amdahl --model opt-6.7b --hw cloud
+      llm1bit amdahl --model opt-350m,opt-66b --hw edge --s-range 1:100 --plot amdahl.png
+      llm1bit amdahl --model opt-6.7b --metric memory --s-partial 0.5,2,8 --json
+    """
+    from llm1bit.amdahl import SIDES, AmdahlCurve, parse_s_partial
+    from llm1bit.errors import UserError
+    from llm1bit.hardware import load_hardware
+    from llm1bit.models import resolve_models
+    from llm1bit.sweep import points, run_points
+
+    speeds = parse_s_partial(s_partial, s_range)
+    if plot is not None and plot.suffix.lower() not in (".png", ".pdf", ".svg"):
+        raise UserError(f"--plot {plot}: use a .png, .pdf or .svg file name")
+    models = resolve_models(model_names)
+    pts = points(models, [load_hardware(hw_spec)], [seq_len], [dataflow], phase, batch)
+    with simulator_progress("SCALE-Sim runs") as progress:
+        splits = run_points(pts, backend, cache=make_cache(cache_dir), jobs=jobs, progress=progress)
+    results = []
+    for split in splits:
+        fraction = split.frac_cycles if metric == "cycles" else split.frac_memory
+        curve = AmdahlCurve(fraction, speeds)
+        results.append((split, curve))
+
+    if plot is not None:
+        from llm1bit.figures.amdahl_curves import plot_amdahl_file
+
+        plot_amdahl_file(plot, [(s.model.name, c) for s, c in results],
+                         title=f"Amdahl's law, {hw_spec} {pts[0].hw.dataflow.upper()}, l = {seq_len}, {metric}")
+
+    if as_json:
+        objs = []
+        for split, curve in results:
+            obj = {
+                "model": split.model.name, "hw": split.hw.name, "dataflow": split.hw.dataflow, "seq_len": seq_len,
+                "phase": phase, "batch": batch, "backend": backend, "metric": metric, "fraction": curve.fraction,
+            }
+            for side in SIDES:
+                obj[side] = [{"s_partial": s, "s_total": t} for s, t in zip(speeds, curve.side(side))]
+            obj["asymptote"] = {side: _json_number(curve.asymptote(side)) for side in SIDES}
+            objs.append(obj)
+        click.echo(json.dumps(objs[0] if len(objs) == 1 else objs, indent=2))
+        return
+    _print_tables(results, speeds, metric)
+
+
+def _json_number(x: float) -> float | None:
+    return None if math.isinf(x) else x
+
+
+def _print_tables(results, speeds, metric: str) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    for split, curve in results:
+        table = Table(
+            title=f"{split.model.name} on {split.hw.name} ({split.hw.dataflow.upper()}), {split.phase} "
+            f"l={split.seq_len}: MatMul-free fraction of {metric} F = {curve.fraction:.3f}"
+        )
+        table.add_column("S_partial", justify="right")
+        table.add_column("projections sped up", justify="right")
+        table.add_column("attention sped up", justify="right")
+        for s, p, a in zip(speeds, curve.side("projection"), curve.side("attention")):
+            table.add_row(f"{s:g}", f"{p:.3f}x", f"{a:.3f}x")
+        console.print(table)
+        console.print(
+            f"  asymptote (S_partial -> inf): projections {curve.asymptote('projection'):.2f}x, "
+            f"attention {curve.asymptote('attention'):.2f}x"
+        )
