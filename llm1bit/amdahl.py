@@ -64,7 +64,9 @@ def parse_s_partial(values: str | None, s_range: str | None) -> tuple[float, ...
         try:
             value = float(item)
         except ValueError:
-            raise UserError(f"--s-partial {item.strip()!r} is not a number; give positive numbers like 1,2,5") from None
+            raise UserError(
+                f"--s-partial {item.strip()!r} is not a number; give positive numbers like 1,2,5"
+            ) from None
         if not (value > 0 and math.isfinite(value)):
             raise UserError(f"--s-partial {item.strip()} must be > 0 (values below 1 are slowdowns)")
         out.append(value)

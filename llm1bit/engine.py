@@ -64,25 +64,24 @@ def evaluate(
     plans = {}
     for shape, hw in wanted:
         if hw.bandwidth_mode != "CALC":
-            raise UserError(f"hardware {hw.name}: InterfaceBandwidth {hw.bandwidth_mode}; the study needs CALC")
+            raise UserError(
+                f"hardware {hw.name}: InterfaceBandwidth {hw.bandwidth_mode}; the study needs CALC"
+            )
         composed.check_exact(*shape, hw)
         plans[(shape, hw)] = composed.plan(*shape, hw, unit)
 
     pieces: dict[tuple[Shape, Hardware], Counters] = {}
-    missing: list[tuple[Shape, Hardware]] = []
-    missing_set: set[tuple[Shape, Hardware]] = set()
-    for (shape, hw), piece_list in plans.items():
-        for piece in piece_list:
-            pair = (piece.shape, hw)
-            if pair in pieces or pair in missing_set:
+    missing: dict[tuple[Shape, Hardware], None] = {}  # ordered set
+    for (_, hw), piece_list in plans.items():
+        for pair in ((piece.shape, hw) for piece in piece_list):
+            if pair in pieces or pair in missing:
                 continue
-            hit = cache.get(piece_key(piece.shape, hw))
-            if hit is not None:
-                pieces[pair] = Counters.from_dict(hit)
+            hit = cache.get(piece_key(*pair))
+            if hit is None:
+                missing[pair] = None
             else:
-                missing.append(pair)
-                missing_set.add(pair)
-    _run_missing(missing, pieces, cache, jobs or default_jobs(), progress)
+                pieces[pair] = Counters.from_dict(hit)
+    _run_missing(list(missing), pieces, cache, jobs or default_jobs(), progress)
 
     out = {}
     for pair, piece_list in plans.items():
@@ -108,7 +107,9 @@ def _run_missing(
 
     def record(pair: tuple[Shape, Hardware], counters: Counters, done: int) -> None:
         pieces[pair] = counters
-        cache.put(piece_key(*pair), counters.to_dict(), m=pair[0][0], n=pair[0][1], k=pair[0][2], hw=pair[1].name)
+        cache.put(
+            piece_key(*pair), counters.to_dict(), m=pair[0][0], n=pair[0][1], k=pair[0][2], hw=pair[1].name
+        )
         if progress:
             progress(done, total)
 

@@ -98,7 +98,9 @@ def read_cfg(path: str | Path) -> Hardware:
     try:
         bandwidth = int(bandwidth_raw.strip())
     except ValueError:
-        raise UserError(f"malformed hardware config {path}: Bandwidth {bandwidth_raw!r} is not an integer") from None
+        raise UserError(
+            f"malformed hardware config {path}: Bandwidth {bandwidth_raw!r} is not an integer"
+        ) from None
     name = cp.get("general", "run_name", fallback=path.stem).strip() or path.stem
     return Hardware(
         name=name,

@@ -30,7 +30,9 @@ class ModelSpec:
     def __post_init__(self) -> None:
         for field in ("d_model", "n_heads", "d_ff", "n_layers"):
             if getattr(self, field) <= 0:
-                raise UserError(f"model {self.name}: {field} = {getattr(self, field)} must be a positive integer")
+                raise UserError(
+                    f"model {self.name}: {field} = {getattr(self, field)} must be a positive integer"
+                )
         if self.head_dim == 0 and self.d_model % self.n_heads:
             raise UserError(
                 f"model {self.name}: {self.n_heads} heads do not divide d_model = {self.d_model}; "

@@ -100,7 +100,11 @@ class Split:
             "config": {
                 "model_source": self.model.source,
                 "architecture": self.model.architecture,
-                "hardware": {"rows": self.hw.rows, "cols": self.hw.cols, "fingerprint": self.hw.fingerprint()},
+                "hardware": {
+                    "rows": self.hw.rows,
+                    "cols": self.hw.cols,
+                    "fingerprint": self.hw.fingerprint(),
+                },
                 "llm1bit": __version__,
             },
         }

@@ -62,7 +62,11 @@ def build_workload(model: ModelSpec, seq_len: int, phase: str = "decode", batch:
         proj("out_proj", d, h * dh),
     ]
     if model.gated_ffn:
-        gemms += [proj("gate_proj", model.d_ff, d), proj("up_proj", model.d_ff, d), proj("down_proj", d, model.d_ff)]
+        gemms += [
+            proj("gate_proj", model.d_ff, d),
+            proj("up_proj", model.d_ff, d),
+            proj("down_proj", d, model.d_ff),
+        ]
     else:
         gemms += [proj("ffn_in", model.d_ff, d), proj("ffn_out", d, model.d_ff)]
     heads = hkv * batch * layers

@@ -79,8 +79,10 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--skip-whole", action="store_true", help="skip the whole-GEMM SCALE-Sim runs")
     args = parser.parse_args()
-    print(f"# bench_sweep on {platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
-          f"jobs={args.jobs}")
+    print(
+        f"# bench_sweep on {platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
+        f"jobs={args.jobs}"
+    )
 
     hw = [load_hardware("cloud"), load_hardware("edge")]
     paper = resolve_models("paper")
@@ -95,14 +97,21 @@ def main() -> None:
         runs = []
         with TreeRss() as rss:
             start = time.perf_counter()
-            splits = run_points(pts, "scalesim", cache=ResultCache(tmp), jobs=args.jobs,
-                                progress=lambda done, total: runs.append(total))
+            splits = run_points(
+                pts,
+                "scalesim",
+                cache=ResultCache(tmp),
+                jobs=args.jobs,
+                progress=lambda done, total: runs.append(total),
+            )
             cold = time.perf_counter() - start
         start = time.perf_counter()
         run_points(pts, "scalesim", cache=ResultCache(tmp), jobs=args.jobs)
         warm = time.perf_counter() - start
-    print(f"scalesim OPT sweep ({len(pts)} points, {runs[0]} real SCALE-Sim runs): cold cache {cold:.1f} s, "
-          f"peak RSS of the process tree {rss.peak / 2**20:.0f} MiB; warm cache {warm:.2f} s")
+    print(
+        f"scalesim OPT sweep ({len(pts)} points, {runs[0]} real SCALE-Sim runs): cold cache {cold:.1f} s, "
+        f"peak RSS of the process tree {rss.peak / 2**20:.0f} MiB; warm cache {warm:.2f} s"
+    )
     analytic = run_points(pts, "analytic")
     same = all(a.totals == s.totals for a, s in zip(analytic, splits))
     print(f"analytic == scalesim on all {len(pts)} OPT points, every counter: {same}")
@@ -124,15 +133,19 @@ def main() -> None:
         equal = evaluate([(shape, one)], "scalesim")[(shape, one)] == whole
         elems = shape[0] * shape[1] * shape[2]
         rates.setdefault(hw_name, []).append(seconds / elems)
-        print(f"  {hw_name} M,N,K={shape}: {seconds:.1f} s, {1e6 * seconds / elems:.2f} us per weight, "
-              f"max RSS {peak / 1024:.0f} MiB (was {before / 1024:.0f}), composed == whole: {equal}")
+        print(
+            f"  {hw_name} M,N,K={shape}: {seconds:.1f} s, {1e6 * seconds / elems:.2f} us per weight, "
+            f"max RSS {peak / 1024:.0f} MiB (was {before / 1024:.0f}), composed == whole: {equal}"
+        )
     est = 0.0
     for one in hw:
         distinct = {g.shape for model in opt for seq_len in LENGTHS for g in build_workload(model, seq_len)}
         rate = min(rates[one.name])
         est += sum(m * n * k for m, n, k in distinct) * rate
-    print(f"estimated naive whole-GEMM OPT sweep (distinct GEMMs, linear cost model, a lower bound since the "
-          f"fold build grows quadratically): {est / 3600:.1f} h on one core")
+    print(
+        f"estimated naive whole-GEMM OPT sweep (distinct GEMMs, linear cost model, a lower bound since the "
+        f"fold build grows quadratically): {est / 3600:.1f} h on one core"
+    )
 
 
 if __name__ == "__main__":

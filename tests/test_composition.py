@@ -10,8 +10,16 @@ from llm1bit.hardware import Hardware, load_hardware
 
 # Shapes with >= 3 steps along the mapped and streamed dimensions (temporal unit 16 below), partial
 # last steps, exact multiples, and several row folds (prefill-like M > rows).
-EDGE_SHAPES = [(1, 200, 300), (1, 97, 1000), (1, 64, 64), (1, 128, 100), (3, 130, 70), (40, 100, 90), (70, 33, 150),
-               (96, 96, 48)]
+EDGE_SHAPES = [
+    (1, 200, 300),
+    (1, 97, 1000),
+    (1, 64, 64),
+    (1, 128, 100),
+    (3, 130, 70),
+    (40, 100, 90),
+    (70, 33, 150),
+    (96, 96, 48),
+]
 CLOUD_SHAPES = {
     "os": [(1, 800, 100), (1, 1000, 70), (2, 768, 33)],
     "ws": [(1, 300, 800), (1, 600, 1100), (20, 40, 900)],

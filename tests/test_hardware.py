@@ -7,9 +7,19 @@ from llm1bit.hardware import Hardware, load_hardware, read_cfg
 def test_builtin_configs_are_the_papers():
     cloud, edge = load_hardware("cloud"), load_hardware("edge")
     assert (cloud.rows, cloud.cols, cloud.ifmap_sram_kb, cloud.filter_sram_kb, cloud.ofmap_sram_kb) == (
-        256, 256, 4096, 8192, 4096)
+        256,
+        256,
+        4096,
+        8192,
+        4096,
+    )
     assert (edge.rows, edge.cols, edge.ifmap_sram_kb, edge.filter_sram_kb, edge.ofmap_sram_kb) == (
-        32, 32, 2048, 4096, 2048)
+        32,
+        32,
+        2048,
+        4096,
+        2048,
+    )
     assert cloud.dataflow == edge.dataflow == "os" and cloud.bandwidth_mode == "CALC"
 
 
@@ -30,7 +40,10 @@ def test_cfg_round_trip(tmp_path):
 @pytest.mark.parametrize(
     "mutate, message",
     [
-        (lambda t: t.replace("ArrayHeight: 8", "ArrayHeight: eight"), "ArrayHeight = 'eight' is not an integer"),
+        (
+            lambda t: t.replace("ArrayHeight: 8", "ArrayHeight: eight"),
+            "ArrayHeight = 'eight' is not an integer",
+        ),
         (lambda t: t.replace("ArrayHeight: 8\n", ""), "lacks ArrayHeight"),
         (lambda t: t.replace("Dataflow: is", "Dataflow: xs"), "Dataflow 'xs'"),
         (lambda t: t.replace("[run_presets]", "[other]"), r"missing section \[run_presets\]"),

@@ -11,10 +11,13 @@ CONFIGS = Path(__file__).resolve().parent / "configs"
 
 
 def test_registry_has_the_paper_models():
-    assert list(PAPER_MODELS) == (
-        "gpt-125m gpt-355m gpt-774m gpt-1.5b opt-350m opt-1.3b opt-2.7b opt-6.7b opt-13b opt-30b opt-66b "
-        "llama-7b llama-13b"
-    ).split()
+    assert (
+        list(PAPER_MODELS)
+        == (
+            "gpt-125m gpt-355m gpt-774m gpt-1.5b opt-350m opt-1.3b opt-2.7b opt-6.7b opt-13b opt-30b opt-66b "
+            "llama-7b llama-13b"
+        ).split()
+    )
     assert PAPER_MODELS["opt-66b"].n_heads == 72 and PAPER_MODELS["opt-66b"].dim_head == 128
     assert PAPER_MODELS["gpt-1.5b"].d_ff == 1600  # the paper's simplification d_FF = d
     assert resolve_models("opt")[0].name == "opt-350m" and len(resolve_models("paper")) == 13
@@ -51,7 +54,14 @@ def test_decode_workload_matches_the_study_table():
 )
 def test_hf_configs_give_the_true_architecture(name, d, h, kv, dff, layers, gated):
     m = load_hf_config(CONFIGS / f"{name}.json")
-    assert (m.d_model, m.n_heads, m.kv_heads, m.d_ff, m.n_layers, m.gated_ffn) == (d, h, kv, dff, layers, gated)
+    assert (m.d_model, m.n_heads, m.kv_heads, m.d_ff, m.n_layers, m.gated_ffn) == (
+        d,
+        h,
+        kv,
+        dff,
+        layers,
+        gated,
+    )
 
 
 def test_gqa_and_gated_ffn_workload():
@@ -80,13 +90,20 @@ def test_prefill_and_batch():
     [
         ("{not json", "not valid JSON"),
         ('{"model_type": "bert"}', "unsupported model_type 'bert'"),
-        ('{"model_type": "opt", "hidden_size": 100, "num_attention_heads": 3, "ffn_dim": 4, "num_hidden_layers": 1}',
-         "3 heads do not divide d_model = 100"),
+        (
+            '{"model_type": "opt", "hidden_size": 100, "num_attention_heads": 3, "ffn_dim": 4, "num_hidden_layers": 1}',
+            "3 heads do not divide d_model = 100",
+        ),
         ('{"model_type": "llama", "hidden_size": 64, "num_attention_heads": 8}', "missing intermediate_size"),
-        ('{"model_type": "opt", "hidden_size": -4, "num_attention_heads": 2, "ffn_dim": 4, "num_hidden_layers": 1}',
-         "hidden_size = -4 must be a positive integer"),
-        ('{"model_type": "llama", "hidden_size": 64, "num_attention_heads": 8, "num_key_value_heads": 3, '
-         '"intermediate_size": 4, "num_hidden_layers": 1}', "3 key/value heads must divide"),
+        (
+            '{"model_type": "opt", "hidden_size": -4, "num_attention_heads": 2, "ffn_dim": 4, "num_hidden_layers": 1}',
+            "hidden_size = -4 must be a positive integer",
+        ),
+        (
+            '{"model_type": "llama", "hidden_size": 64, "num_attention_heads": 8, "num_key_value_heads": 3, '
+            '"intermediate_size": 4, "num_hidden_layers": 1}',
+            "3 key/value heads must divide",
+        ),
     ],
 )
 def test_malformed_configs_are_one_line_errors(tmp_path, text, message):

@@ -30,5 +30,7 @@ def test_opt_cloud_sweep_reproduces_fig4a(tmp_path):
 
     # A re-run is served from the cache: no simulator run at all.
     calls = []
-    run_points(pts, "scalesim", cache=ResultCache(tmp_path), jobs=2, progress=lambda done, total: calls.append(total))
+    run_points(
+        pts, "scalesim", cache=ResultCache(tmp_path), jobs=2, progress=lambda done, total: calls.append(total)
+    )
     assert calls == [0]

@@ -72,7 +72,10 @@ def check_exact(m: int, n: int, k: int, hw: Hardware) -> None:
     col_folds_n = -(-n // hw.cols)
     col_folds_m = -(-m // hw.cols)
     reread = {
-        "os": [("ifmap", m * k, hw.ifmap_sram_kb, col_folds_n > 1), ("filter", k * n, hw.filter_sram_kb, row_folds_m > 1)],
+        "os": [
+            ("ifmap", m * k, hw.ifmap_sram_kb, col_folds_n > 1),
+            ("filter", k * n, hw.filter_sram_kb, row_folds_m > 1),
+        ],
         "ws": [("ifmap", m * k, hw.ifmap_sram_kb, col_folds_n > 1)],
         "is": [("filter", k * n, hw.filter_sram_kb, col_folds_m > 1)],
     }[hw.dataflow]

@@ -66,6 +66,8 @@ def run_whole(gemms: list[tuple[int, int, int]], hw: Hardware) -> list[Counters]
         topo = tmp_path / "topology.csv"
         topo.write_text(topology_csv([(f"g{i}", m, n, k) for i, (m, n, k) in enumerate(gemms)]))
         with contextlib.redirect_stdout(io.StringIO()):
-            sim = scalesim(save_disk_space=True, verbose=False, config=str(cfg), topology=str(topo), input_type_gemm=True)
+            sim = scalesim(
+                save_disk_space=True, verbose=False, config=str(cfg), topology=str(topo), input_type_gemm=True
+            )
             sim.run_scale(top_path=str(tmp_path / "out"))
         return parse_reports(tmp_path / "out" / "run")

@@ -12,11 +12,20 @@ from llm1bit.commands.options import cache_option, make_cache, positive_int, sim
 
 
 @click.command()
-@click.option("--model", "model_names", required=True, help="Name(s) or config.json path(s), comma-separated.")
-@click.option("--hw", "hw_spec", default="cloud", show_default=True, help="cloud, edge, or a SCALE-Sim .cfg path.")
+@click.option(
+    "--model", "model_names", required=True, help="Name(s) or config.json path(s), comma-separated."
+)
+@click.option(
+    "--hw", "hw_spec", default="cloud", show_default=True, help="cloud, edge, or a SCALE-Sim .cfg path."
+)
 @click.option("--seq-len", default="2048", callback=positive_int, show_default=True)
-@click.option("--metric", type=click.Choice(["cycles", "memory"]), default="cycles", show_default=True,
-              help="Fraction of compute cycles or of SRAM accesses.")
+@click.option(
+    "--metric",
+    type=click.Choice(["cycles", "memory"]),
+    default="cycles",
+    show_default=True,
+    help="Fraction of compute cycles or of SRAM accesses.",
+)
 @click.option("--s-partial", default=None, help="Speedups of the improved part [default: 1,2,5,10,100].")
 @click.option("--s-range", default=None, help="START:END[:N] log-spaced speedups, e.g. 1:100.")
 @click.option("--dataflow", type=click.Choice(["os", "ws", "is"]), default=None)
@@ -26,12 +35,27 @@ from llm1bit.commands.options import cache_option, make_cache, positive_int, sim
 @click.option("--jobs", default=None, callback=positive_int)
 @cache_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (a list when several models are given).")
-@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also draw the curves to this .png / .pdf / .svg.")
+@click.option(
+    "--plot",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also draw the curves to this .png / .pdf / .svg.",
+)
 def amdahl(
-    model_names: str, hw_spec: str, seq_len: int, metric: str, s_partial: str | None, s_range: str | None,
-    dataflow: str | None, backend: str, phase: str, batch: int, jobs: int | None, cache_dir: Path | None,
-    as_json: bool, plot: Path | None,
+    model_names: str,
+    hw_spec: str,
+    seq_len: int,
+    metric: str,
+    s_partial: str | None,
+    s_range: str | None,
+    dataflow: str | None,
+    backend: str,
+    phase: str,
+    batch: int,
+    jobs: int | None,
+    cache_dir: Path | None,
+    as_json: bool,
+    plot: Path | None,
 ) -> None:
     """Amdahl's law of LLMs from the simulated MatMul-free fraction F.
 
@@ -65,15 +89,25 @@ def amdahl(
     if plot is not None:
         from llm1bit.figures.amdahl_curves import plot_amdahl_file
 
-        plot_amdahl_file(plot, [(s.model.name, c) for s, c in results],
-                         title=f"Amdahl's law, {hw_spec} {pts[0].hw.dataflow.upper()}, l = {seq_len}, {metric}")
+        plot_amdahl_file(
+            plot,
+            [(s.model.name, c) for s, c in results],
+            title=f"Amdahl's law, {hw_spec} {pts[0].hw.dataflow.upper()}, l = {seq_len}, {metric}",
+        )
 
     if as_json:
         objs = []
         for split, curve in results:
             obj = {
-                "model": split.model.name, "hw": split.hw.name, "dataflow": split.hw.dataflow, "seq_len": seq_len,
-                "phase": phase, "batch": batch, "backend": backend, "metric": metric, "fraction": curve.fraction,
+                "model": split.model.name,
+                "hw": split.hw.name,
+                "dataflow": split.hw.dataflow,
+                "seq_len": seq_len,
+                "phase": phase,
+                "batch": batch,
+                "backend": backend,
+                "metric": metric,
+                "fraction": curve.fraction,
             }
             for side in SIDES:
                 obj[side] = [{"s_partial": s, "s_total": t} for s, t in zip(speeds, curve.side(side))]

@@ -20,7 +20,14 @@ def models(as_json: bool) -> None:
         import json
 
         rows = [
-            {"name": m.name, "family": m.family, "d": m.d_model, "h": m.n_heads, "d_ff": m.d_ff, "layers": m.n_layers}
+            {
+                "name": m.name,
+                "family": m.family,
+                "d": m.d_model,
+                "h": m.n_heads,
+                "d_ff": m.d_ff,
+                "layers": m.n_layers,
+            }
             for m in PAPER_MODELS.values()
         ]
         click.echo(json.dumps(rows, indent=2))
@@ -32,5 +39,7 @@ def models(as_json: bool) -> None:
     for col in ("name", "family", "d", "h", "d_FF", "layers", "d/h"):
         table.add_column(col, justify="left" if col in ("name", "family") else "right")
     for m in PAPER_MODELS.values():
-        table.add_row(m.name, m.family, str(m.d_model), str(m.n_heads), str(m.d_ff), str(m.n_layers), str(m.dim_head))
+        table.add_row(
+            m.name, m.family, str(m.d_model), str(m.n_heads), str(m.d_ff), str(m.n_layers), str(m.dim_head)
+        )
     Console().print(table)

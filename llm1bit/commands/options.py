@@ -18,7 +18,9 @@ def parse_int_list(name: str, text: str) -> list[int]:
         try:
             value = int(item)
         except ValueError:
-            raise UserError(f"{name}: {item!r} is not an integer; give positive integers like 128,256") from None
+            raise UserError(
+                f"{name}: {item!r} is not an integer; give positive integers like 128,256"
+            ) from None
         if value <= 0:
             raise UserError(f"{name}: {value} must be a positive integer")
         values.append(value)

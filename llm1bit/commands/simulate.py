@@ -11,22 +11,41 @@ from llm1bit.commands.options import cache_option, make_cache, positive_int, sim
 
 
 @click.command()
-@click.option("--model", "model_name", required=True, help="Built-in name (see `llm1bit models`) or config.json path.")
-@click.option("--hw", "hw_spec", default="cloud", show_default=True, help="cloud, edge, or a SCALE-Sim .cfg path.")
-@click.option("--seq-len", default="2048", callback=positive_int, show_default=True, help="Context length l.")
-@click.option("--dataflow", type=click.Choice(["os", "ws", "is"]), default=None, help="Override the .cfg's dataflow.")
 @click.option(
-    "--backend", type=click.Choice(["scalesim", "analytic"]), default="scalesim", show_default=True,
+    "--model", "model_name", required=True, help="Built-in name (see `llm1bit models`) or config.json path."
+)
+@click.option(
+    "--hw", "hw_spec", default="cloud", show_default=True, help="cloud, edge, or a SCALE-Sim .cfg path."
+)
+@click.option("--seq-len", default="2048", callback=positive_int, show_default=True, help="Context length l.")
+@click.option(
+    "--dataflow", type=click.Choice(["os", "ws", "is"]), default=None, help="Override the .cfg's dataflow."
+)
+@click.option(
+    "--backend",
+    type=click.Choice(["scalesim", "analytic"]),
+    default="scalesim",
+    show_default=True,
     help="scalesim: the real simulator (composed exactly, cached); analytic: its closed form.",
 )
 @click.option("--phase", type=click.Choice(["decode", "prefill"]), default="decode", show_default=True)
-@click.option("--batch", default="1", callback=positive_int, show_default=True, help="Sequences per decode step.")
+@click.option(
+    "--batch", default="1", callback=positive_int, show_default=True, help="Sequences per decode step."
+)
 @click.option("--jobs", default=None, callback=positive_int, help="Worker processes [default: CPU count].")
 @cache_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 def simulate(
-    model_name: str, hw_spec: str, seq_len: int, dataflow: str | None, backend: str, phase: str, batch: int,
-    jobs: int | None, cache_dir: Path | None, as_json: bool,
+    model_name: str,
+    hw_spec: str,
+    seq_len: int,
+    dataflow: str | None,
+    backend: str,
+    phase: str,
+    batch: int,
+    jobs: int | None,
+    cache_dir: Path | None,
+    as_json: bool,
 ) -> None:
     """Simulate one forward step and report the MatMul-free fraction of cycles and memory accesses.
 
@@ -60,13 +79,33 @@ def print_split(split) -> None:
             f"on {hw.name} {hw.rows}x{hw.cols} {hw.dataflow.upper()} [{split.backend}]"
         )
     )
-    for col in ("product", "part", "M", "N", "K", "count", "cycles", "x count", "SRAM acc. x count", "DRAM x count"):
-        table.add_column(col, justify="left" if col in ("product", "part") else "right", no_wrap=col == "product")
+    for col in (
+        "product",
+        "part",
+        "M",
+        "N",
+        "K",
+        "count",
+        "cycles",
+        "x count",
+        "SRAM acc. x count",
+        "DRAM x count",
+    ):
+        table.add_column(
+            col, justify="left" if col in ("product", "part") else "right", no_wrap=col == "product"
+        )
     for layer in split.layers:
         g, c = layer.gemm, layer.counters
         table.add_row(
-            g.name, "MatMul" if g.part == "matmul" else "free", str(g.m), str(g.n), str(g.k), str(g.count),
-            f"{c.cycles:,}", f"{c.cycles * g.count:,}", f"{c.memory_accesses * g.count:,}",
+            g.name,
+            "MatMul" if g.part == "matmul" else "free",
+            str(g.m),
+            str(g.n),
+            str(g.k),
+            str(g.count),
+            f"{c.cycles:,}",
+            f"{c.cycles * g.count:,}",
+            f"{c.memory_accesses * g.count:,}",
             f"{(c.dram_reads + c.dram_writes) * g.count:,}",
         )
     console = Console()

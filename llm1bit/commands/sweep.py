@@ -6,15 +6,33 @@ from pathlib import Path
 
 import click
 
-from llm1bit.commands.options import cache_option, make_cache, parse_int_list, parse_name_list, positive_int, simulator_progress
+from llm1bit.commands.options import (
+    cache_option,
+    make_cache,
+    parse_int_list,
+    parse_name_list,
+    positive_int,
+    simulator_progress,
+)
 
 SEQ_LENS = "128,256,512,1024,2048,4096"
 
 
 @click.command()
-@click.option("--models", "model_names", default="opt", show_default=True,
-              help="Comma-separated names or config.json paths; groups: opt, gpt, llama, paper.")
-@click.option("--hw", "hw_specs", default="cloud,edge", show_default=True, help="Comma-separated: cloud, edge, .cfg paths.")
+@click.option(
+    "--models",
+    "model_names",
+    default="opt",
+    show_default=True,
+    help="Comma-separated names or config.json paths; groups: opt, gpt, llama, paper.",
+)
+@click.option(
+    "--hw",
+    "hw_specs",
+    default="cloud,edge",
+    show_default=True,
+    help="Comma-separated: cloud, edge, .cfg paths.",
+)
 @click.option("--seq-lens", default=SEQ_LENS, show_default=True, help="Comma-separated context lengths.")
 @click.option("--dataflows", default=None, help="Comma-separated os,ws,is [default: each .cfg's own].")
 @click.option("--backend", type=click.Choice(["scalesim", "analytic"]), default="scalesim", show_default=True)
@@ -22,10 +40,20 @@ SEQ_LENS = "128,256,512,1024,2048,4096"
 @click.option("--batch", default="1", callback=positive_int, show_default=True)
 @click.option("--jobs", default=None, callback=positive_int, help="Worker processes [default: CPU count].")
 @cache_option
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="CSV to write.")
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="CSV to write."
+)
 def sweep(
-    model_names: str, hw_specs: str, seq_lens: str, dataflows: str | None, backend: str, phase: str, batch: int,
-    jobs: int | None, cache_dir: Path | None, output: Path,
+    model_names: str,
+    hw_specs: str,
+    seq_lens: str,
+    dataflows: str | None,
+    backend: str,
+    phase: str,
+    batch: int,
+    jobs: int | None,
+    cache_dir: Path | None,
+    output: Path,
 ) -> None:
     """Simulate every combination and write one CSV row per (model, hw, dataflow, seq_len).
 

@@ -10,11 +10,15 @@ from llm1bit.commands.options import positive_int
 
 
 @click.command()
-@click.option("--model", "model_name", required=True, help="Built-in name (see `llm1bit models`) or config.json path.")
+@click.option(
+    "--model", "model_name", required=True, help="Built-in name (see `llm1bit models`) or config.json path."
+)
 @click.option("--seq-len", default="2048", callback=positive_int, show_default=True, help="Context length l.")
 @click.option("--phase", type=click.Choice(["decode", "prefill"]), default="decode", show_default=True)
 @click.option("--batch", default="1", callback=positive_int, show_default=True, help="Sequences per step.")
-@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here instead of stdout.")
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here instead of stdout."
+)
 def topology(model_name: str, seq_len: int, phase: str, batch: int, output: Path | None) -> None:
     """Write the SCALE-Sim topology (`name, M, N, K,` rows) of one forward step.
 

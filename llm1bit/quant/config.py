@@ -38,7 +38,9 @@ class QuantSpec:
         if self.groupsize == 0 or self.groupsize < -1:
             raise UserError(f"--groupsize {self.groupsize} is invalid; allowed: -1 (none) or a positive size")
         if self.mode == "lat" and self.method == "shiftaddllm" and self.groupsize > 0 and self.groupsize % 8:
-            raise UserError(f"--groupsize {self.groupsize} must be a multiple of 8 in lat mode (8-column blocks)")
+            raise UserError(
+                f"--groupsize {self.groupsize} must be a multiple of 8 in lat mode (8-column blocks)"
+            )
         if self.bcq_rounds < 0:
             raise UserError(f"--bcq-rounds {self.bcq_rounds} must be >= 0")
         if not 1 <= self.apot_terms <= 8:

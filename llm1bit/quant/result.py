@@ -71,7 +71,9 @@ class Incoherence:
 class QuantizedWeight:
     codes: BinaryCodes | UniformCodes
     incoherence: Incoherence | None = None
-    error: float = 0.0  # the solver's summed GPTQ loss sum (w - q)^2 / d^2 / 2 (0 for methods without a solver)
+    error: float = (
+        0.0  # the solver's summed GPTQ loss sum (w - q)^2 / d^2 / 2 (0 for methods without a solver)
+    )
 
     def dequantize(self) -> torch.Tensor:
         """float32 (N, K) weight in the original basis; the one definition the solver and the loader share."""
