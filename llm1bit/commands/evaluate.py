@@ -31,7 +31,9 @@ def default_data() -> Path:
 
 
 @click.command(name="eval", epilog=EPILOG)
-@click.option("--model", "model_src", required=True, help="Folder (original or quantized), FILE.gguf or hub id.")
+@click.option(
+    "--model", "model_src", required=True, help="Folder (original or quantized), FILE.gguf or hub id."
+)
 @click.option("--data", type=click.Path(dir_okay=False), help="Plain-text evaluation file [WikiText-2 test].")
 @click.option("--seqlen", type=int, default=2048, show_default=True, help="Tokens per window.")
 @click.option("--max-windows", type=int, help="Evaluate only the first N windows.")
@@ -60,7 +62,9 @@ def evaluate(
     result = perplexity(model.to(device), ids, seqlen, max_windows=max_windows, device=device)
     if as_json:
         out = {"model": str(model_src), "data": str(data_path), **result.to_dict()}
-        click.echo(json.dumps({k: out[k] for k in ("model", "data", "seqlen", "windows", "tokens", "perplexity")}))
+        click.echo(
+            json.dumps({k: out[k] for k in ("model", "data", "seqlen", "windows", "tokens", "perplexity")})
+        )
     else:
         click.echo(
             f"perplexity {result.perplexity:.4f} on {data_path.name}: {result.windows} windows of "

@@ -18,18 +18,28 @@ Examples:
 
 
 @click.command(epilog=EPILOG)
-@click.option("--model", "model_src", required=True, help="Local folder, FILE.gguf or hub id (hub only if reachable).")
+@click.option(
+    "--model", "model_src", required=True, help="Local folder, FILE.gguf or hub id (hub only if reachable)."
+)
 @click.option("--method", default="shiftaddllm", show_default=True, help="shiftaddllm, gptq, bcq or rtn.")
 @click.option("--wbits", type=int, default=3, show_default=True, help="Bits per weight (1 to 8).")
-@click.option("--mode", default="acc", show_default=True, help="shiftaddllm: acc (column scales) or lat (blocks).")
-@click.option("--groupsize", type=int, default=-1, show_default=True, help="Rows (or columns) per scale; -1 = none.")
+@click.option(
+    "--mode", default="acc", show_default=True, help="shiftaddllm: acc (column scales) or lat (blocks)."
+)
+@click.option(
+    "--groupsize", type=int, default=-1, show_default=True, help="Rows (or columns) per scale; -1 = none."
+)
 @click.option("--bits-config", type=click.Path(dir_okay=False), help='JSON {"layers": {"<module>": bits}}.')
-@click.option("--calib", type=click.Path(dir_okay=False), help="Plain-text calibration file (gptq, shiftaddllm).")
+@click.option(
+    "--calib", type=click.Path(dir_okay=False), help="Plain-text calibration file (gptq, shiftaddllm)."
+)
 @click.option("--nsamples", type=int, default=128, show_default=True, help="Calibration windows.")
 @click.option("--seqlen", type=int, default=2048, show_default=True, help="Tokens per calibration window.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of window sampling and rotations.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
-@click.option("--bcq-rounds", type=int, default=50, show_default=True, help="Alternating BCQ refinement rounds.")
+@click.option(
+    "--bcq-rounds", type=int, default=50, show_default=True, help="Alternating BCQ refinement rounds."
+)
 @click.option("--apot-terms", type=int, default=3, show_default=True, help="Power-of-two terms per scale.")
 @click.option("--no-incoherence", is_flag=True, help="acc mode: skip the rescale + random rotations.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing non-empty output folder.")
@@ -81,7 +91,9 @@ def quantize(
     if calib and not Path(calib).is_file():
         raise UserError(f"calibration file {calib} does not exist")
     device = check_device(device)
-    run_quantize(model_src, spec, out, layer_bits, calib if needs_calib else None, nsamples, seqlen, device, overwrite)
+    run_quantize(
+        model_src, spec, out, layer_bits, calib if needs_calib else None, nsamples, seqlen, device, overwrite
+    )
 
 
 def run_quantize(
@@ -123,11 +135,13 @@ def run_quantize(
     console.print(summary_table(report))
     console.print(
         f"time: {report.total_seconds:.1f} s (forward passes {report.forward_seconds:.1f} s, "
-        f"solver {report.solver_seconds:.1f} s)"
+        f"solver {report.solver_seconds:.1f} s)",
+        soft_wrap=True,
     )
     console.print(
         f"size: model.safetensors {disk / 2**20:.2f} MiB vs {total_fp16 / 2**20:.2f} MiB in FP16 "
         f"({disk / total_fp16:.1%}); quantized linears {packed / 2**20:.2f} MiB packed vs "
-        f"{linear_fp16 / 2**20:.2f} MiB in FP16 ({packed / linear_fp16:.1%})"
+        f"{linear_fp16 / 2**20:.2f} MiB in FP16 ({packed / linear_fp16:.1%})",
+        soft_wrap=True,
     )
     click.echo(f"wrote {out}")

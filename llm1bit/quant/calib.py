@@ -40,7 +40,9 @@ def tokenize_file(path: str | os.PathLike, tokenizer: PreTrainedTokenizerBase) -
     return torch.tensor(ids, dtype=torch.long)
 
 
-def sample_windows(ids: torch.Tensor, nsamples: int, seqlen: int, seed: int, source: str = "text") -> torch.Tensor:
+def sample_windows(
+    ids: torch.Tensor, nsamples: int, seqlen: int, seed: int, source: str = "text"
+) -> torch.Tensor:
     """int64 (nsamples, seqlen) random windows of `ids`, reproducible from `seed`."""
     import torch
 

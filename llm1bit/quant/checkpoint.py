@@ -31,15 +31,24 @@ def quant_linears(model: nn.Module) -> dict[str, nn.Module]:
     return {name: mod for name, mod in model.named_modules() if isinstance(mod, QuantLinear)}
 
 
+def _layout(meta: dict[str, Any]) -> tuple[int | str, int | str]:
+    """(col_block, row_block) of one module, whole dimensions written as "K", "N" or "N/8"."""
+    n, k = meta["shape"]
+    if "col_block" not in meta:  # uniform: groups of `groupsize` columns within each row
+        return ("K" if meta["groupsize"] >= k else meta["groupsize"], 1)
+    col, row = meta["col_block"], meta["row_block"]
+    col_text = "K" if col >= k and k > 1 else col
+    row_text = "N" if row >= n else ("N/8" if col == 8 and row == -(-n // 8) else row)
+    return (col_text, row_text)
+
+
 def build_quantization_config(
     model: nn.Module, spec_dict: dict[str, Any], modules: dict[str, dict[str, Any]], extra: dict[str, Any]
 ) -> dict[str, Any]:
     """The `quantization_config` block: method, bits, mode, group layout, seed, tool version, per-layer data."""
     from llm1bit import __version__
 
-    layouts = {
-        (m.get("col_block"), m.get("row_block")) if "col_block" in m else (m["groupsize"], 1) for m in modules.values()
-    }
+    layouts = {_layout(m) for m in modules.values()}
     if len(layouts) == 1:
         col_block, row_block = layouts.pop()
         group_layout: dict[str, Any] = {"col_block": col_block, "row_block": row_block}
@@ -144,7 +153,9 @@ def load_quantized(
     path = Path(path)
     qc = read_quantization_config(path)
     if int(qc.get("format_version", 0)) > FORMAT_VERSION:
-        raise UserError(f"{path} uses format version {qc['format_version']}; this llm1bit reads up to {FORMAT_VERSION}")
+        raise UserError(
+            f"{path} uses format version {qc['format_version']}; this llm1bit reads up to {FORMAT_VERSION}"
+        )
     weights = path / WEIGHTS_NAME
     if not weights.is_file():
         raise UserError(f"{path} has no {WEIGHTS_NAME}")
@@ -157,13 +168,19 @@ def load_quantized(
 
     for name, meta in qc["modules"].items():
         prefix = f"{name}."
-        own = {key[len(prefix) :]: tensors.pop(key) for key in list(tensors) if key.startswith(prefix)}
-        bias = own.pop("bias", None)
+        own = {
+            key[len(prefix) :]: tensors.pop(key)
+            for key in list(tensors)
+            if key.startswith(prefix) and key != f"{prefix}bias"
+        }
+        bias = tensors.get(f"{prefix}bias")  # stays in `tensors` for load_state_dict
         quantized = unpack(own, meta)
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name)
         if not isinstance(getattr(parent, child, None), torch.nn.Linear):
-            raise UserError(f"{path}: quantized module {name} is not a linear layer of {type(model).__name__}")
+            raise UserError(
+                f"{path}: quantized module {name} is not a linear layer of {type(model).__name__}"
+            )
         setattr(parent, child, QuantLinear(quantized, bias, dtype=dtype, bits=int(meta["bits"])))
 
     result = model.load_state_dict(tensors, strict=False)

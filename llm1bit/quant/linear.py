@@ -37,7 +37,9 @@ class QuantLinear(nn.Module):
     def extra_repr(self) -> str:
         kind = type(self.quantized.codes).__name__
         inc = ", incoherence" if self.quantized.incoherence is not None else ""
-        return f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, {kind}{inc}"
+        return (
+            f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, {kind}{inc}"
+        )
 
 
 def code_bits(quantized: QuantizedWeight) -> int:

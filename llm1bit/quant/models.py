@@ -7,6 +7,8 @@ known layouts (OPT or LLaMA-style); anything else is refused with a message nami
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import os
 import re
@@ -135,7 +137,9 @@ def _quiet_transformers() -> None:
     logging.disable_progress_bar()
 
 
-def load_model(source: str | os.PathLike, dtype: str = "auto") -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def load_model(
+    source: str | os.PathLike, dtype: str = "auto"
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load (model, tokenizer) on the CPU in eval mode from a folder, a `.gguf` file or a hub id.
 
     A folder written by `llm1bit quantize` is rebuilt with `load_quantized`."""
@@ -174,11 +178,14 @@ def _load_gguf(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     """Load a GGUF file through transformers (dequantized to float32) and make it serializable."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    try:
-        model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
-        tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    try:  # the GGUF converter draws its own tqdm bar on stderr; keep the terminal quiet
+        with contextlib.redirect_stderr(io.StringIO()):
+            model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name)
+            tokenizer = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
     except ImportError as exc:
-        raise UserError(f"loading {path.name} needs the gguf and accelerate packages: {_first_line(exc)}") from None
+        raise UserError(
+            f"loading {path.name} needs the gguf and accelerate packages: {_first_line(exc)}"
+        ) from None
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise UserError(f"cannot load GGUF file {path}: {_first_line(exc)}") from None
     # The weights are dequantized already; drop the gguf marker so save_pretrained works.
@@ -220,4 +227,6 @@ def check_seqlen(model: nn.Module, seqlen: int, flag: str = "--seqlen") -> None:
     if seqlen < 2:
         raise UserError(f"{flag} {seqlen} must be at least 2")
     if limit is not None and seqlen > limit:
-        raise UserError(f"{flag} {seqlen} exceeds the model's context of {limit} tokens (max_position_embeddings)")
+        raise UserError(
+            f"{flag} {seqlen} exceeds the model's context of {limit} tokens (max_position_embeddings)"
+        )

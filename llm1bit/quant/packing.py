@@ -132,13 +132,18 @@ def unpack(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> QuantizedW
         planes = unpack_bits(tensors["qweight"], k).to(torch.int32)
         level = sum(planes[b] << b for b in range(planes.shape[0]))
         codes = UniformCodes(
-            qweight=level.to(torch.uint8), scale=tensors["scale"], zero=tensors["zero"], groupsize=int(meta["groupsize"])
+            qweight=level.to(torch.uint8),
+            scale=tensors["scale"],
+            zero=tensors["zero"],
+            groupsize=int(meta["groupsize"]),
         )
     else:
         raise ValueError(f"unknown packed format {meta['format']!r}")
     incoherence = None
     if "incoherence_seed" in tensors:
-        incoherence = Incoherence(seed=int(tensors["incoherence_seed"][0]), rescale=tensors["incoherence_rescale"])
+        incoherence = Incoherence(
+            seed=int(tensors["incoherence_seed"][0]), rescale=tensors["incoherence_rescale"]
+        )
     return QuantizedWeight(codes=codes, incoherence=incoherence, error=float(meta.get("error", 0.0)))
 
 

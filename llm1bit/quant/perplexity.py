@@ -58,5 +58,9 @@ def perplexity(
             loss = F.cross_entropy(logits[0, :-1].float(), window[0, 1:])
             losses.append(loss.item())
     return Perplexity(
-        seqlen=seqlen, windows=n, tokens=n * seqlen, perplexity=math.exp(sum(losses) / n), window_losses=losses
+        seqlen=seqlen,
+        windows=n,
+        tokens=n * seqlen,
+        perplexity=math.exp(sum(losses) / n),
+        window_losses=losses,
     )

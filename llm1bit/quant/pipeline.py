@@ -93,7 +93,9 @@ def check_device(device: str) -> str:
         return device
     if device.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise UserError(f"--device {device}: no CUDA device is available on this machine (use --device cpu)")
+            raise UserError(
+                f"--device {device}: no CUDA device is available on this machine (use --device cpu)"
+            )
         return device
     raise UserError(f"unknown --device {device!r}; known: cpu, cuda")
 
@@ -177,7 +179,9 @@ def capture_inputs(
     return inputs, store["kwargs"]
 
 
-def run_layer(layer: nn.Module, inputs: torch.Tensor, kwargs: dict[str, Any], out: torch.Tensor) -> torch.Tensor:
+def run_layer(
+    layer: nn.Module, inputs: torch.Tensor, kwargs: dict[str, Any], out: torch.Tensor
+) -> torch.Tensor:
     """out[i] = layer(inputs[i]) for every sample, one at a time; returns `out`."""
     import torch
 
@@ -212,7 +216,9 @@ def _to_cpu(obj: Any) -> Any:
     if isinstance(obj, torch.Tensor):
         return obj.detach().cpu()
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.replace(obj, **{f.name: _to_cpu(getattr(obj, f.name)) for f in dataclasses.fields(obj)})
+        return dataclasses.replace(
+            obj, **{f.name: _to_cpu(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        )
     return obj
 
 
@@ -288,7 +294,9 @@ def quantize_model(
                 del hessian
                 replacement = QuantLinear(quantized, linear.bias, dtype=linear.weight.dtype, bits=bits[name])
                 parent_name, _, child = rel.rpartition(".")
-                setattr(layer.get_submodule(parent_name) if parent_name else layer, child, replacement.to(device))
+                setattr(
+                    layer.get_submodule(parent_name) if parent_name else layer, child, replacement.to(device)
+                )
                 layer_report.sublayers.append(
                     SublayerReport(name, bits[name], tuple(weight.shape), float(quantized.error), seconds)
                 )
