@@ -14,10 +14,10 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import resource
 import tempfile
 import threading
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from llm1bit.cache import ResultCache
@@ -121,21 +121,22 @@ def main() -> None:
     from llm1bit.backends.scalesim_runner import run_whole
     from llm1bit.engine import evaluate
 
-    print("\nwhole-GEMM SCALE-Sim runs (one process each):")
+    print("\nwhole-GEMM SCALE-Sim runs (each in a fresh worker process):")
     rates = {}
     for hw_name, shape in [("cloud", (1, 4096, 1024)), ("cloud", (1, 1024, 4096)), ("edge", (1, 4096, 1024))]:
         one = load_hardware(hw_name)
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        start = time.perf_counter()
-        whole = run_whole([shape], one)[0]
-        seconds = time.perf_counter() - start
-        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        with TreeRss() as base:
+            time.sleep(0.2)
+        with ProcessPoolExecutor(max_workers=1) as pool, TreeRss() as rss:
+            start = time.perf_counter()
+            whole = pool.submit(run_whole, [shape], one).result()[0]
+            seconds = time.perf_counter() - start
         equal = evaluate([(shape, one)], "scalesim")[(shape, one)] == whole
         elems = shape[0] * shape[1] * shape[2]
         rates.setdefault(hw_name, []).append(seconds / elems)
         print(
             f"  {hw_name} M,N,K={shape}: {seconds:.1f} s, {1e6 * seconds / elems:.2f} us per weight, "
-            f"max RSS {peak / 1024:.0f} MiB (was {before / 1024:.0f}), composed == whole: {equal}"
+            f"peak RSS {(rss.peak - base.peak) / 2**20:.0f} MiB, composed == whole: {equal}"
         )
     est = 0.0
     for one in hw:
