@@ -1,12 +1,14 @@
 """Additive powers of two (spec §2): scales that a shifter can apply.
 
-    PoT(v)     = sign(v) * 2 ** round(log2 |v|)         rounding in the log domain, half to even
+    PoT(v)     = sign(v) * 2 ** round(log2 |v|)         rounding in the log domain
     APoT(v, t) = s_1 + ... + s_t,  s_1 = PoT(v),  s_j = PoT(v - (s_1 + ... + s_{j-1}))
 
 The threshold between 2**k and 2**(k+1) is the geometric midpoint 2**(k + 0.5), not 1.5 * 2**k.
 A zero residual has log2 = -inf and gives the term 0 (stored as sign 0, exponent 0).
 
-Everything is float32 like the reference. For float32 inputs in the normal range every partial sum
+The reference evaluates log2 in float32; here round(log2|v|) is decided exactly (see
+`pot_exponent`), which can differ from a float32 log2 only for values within an ulp of 2**(k+0.5).
+Scales are float32 like the reference. For float32 inputs in the normal range every partial sum
 is exactly representable: v - s is exact by Sterbenz's lemma (s is within a factor 2 of v) and a
 multiple of the last bit of v, so no term is finer than that bit. `apot` nevertheless returns the
 value rebuilt from its (sign, exponent) terms, so `values == sum_t signs * 2.0 ** exps` holds by
@@ -15,6 +17,8 @@ is dropped rather than stored wrongly."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 EXP_MIN = -128
@@ -22,22 +26,22 @@ EXP_MAX = 127
 
 
 def pot_exponent(v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(sign, exponent) of PoT(v) for a float32 array: sign in {-1, 0, 1} (int8), exponent int32.
+    """(sign, exponent) of PoT(v): sign in {-1, 0, 1} (int8), exponent int32 (0 where v == 0).
 
-    The exponent is round(log2|v|) evaluated in float32 and rounded half to even; where v == 0 the
-    sign is 0 and the exponent is reported as 0."""
-    v = np.asarray(v, dtype=np.float32)
+    The exponent is round(log2|v|) computed exactly: with |v| = m * 2**e, m in [0.5, 1), it is e when
+    m >= 2**-0.5 (i.e. m*m >= 0.5, exact in float64 for a float32 mantissa) and e - 1 otherwise.
+    log2|v| is irrational at the midpoint, so the half-to-even rule never applies."""
+    v = np.asarray(v, dtype=np.float64)
+    m, e = np.frexp(np.abs(v))
+    e = e - (m * m < 0.5)
     sign = np.sign(v).astype(np.int8)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        e = np.round(np.log2(np.abs(v)))
-    e = np.where(sign != 0, e, 0.0)
-    return sign, e.astype(np.int32)
+    return sign, np.where(sign != 0, e, 0).astype(np.int32)
 
 
 def pot(v: np.ndarray) -> np.ndarray:
     """PoT(v) = sign(v) * 2 ** round(log2 |v|), float32 (0 where v == 0)."""
     sign, e = pot_exponent(v)
-    return (sign.astype(np.float32) * np.ldexp(np.float32(1.0), e)).astype(np.float32)
+    return (sign * np.ldexp(1.0, e)).astype(np.float32)
 
 
 def apot(v: np.ndarray, terms: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -47,23 +51,54 @@ def apot(v: np.ndarray, terms: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     values == sum_t signs[..., t] * 2.0 ** exps[..., t] exactly."""
     if terms < 1:
         raise ValueError(f"apot needs at least one term, got {terms}")
-    v = np.asarray(v, dtype=np.float32)
+    v = np.asarray(v, dtype=np.float32).astype(np.float64)
     signs = np.zeros(v.shape + (terms,), dtype=np.int8)
     exps = np.zeros(v.shape + (terms,), dtype=np.int8)
-    acc = np.zeros(v.shape, dtype=np.float64)  # running sum of the kept terms; exact in float64
-    s = np.zeros(v.shape, dtype=np.float32)
+    s = np.zeros(v.shape, dtype=np.float64)  # sum of the kept terms, exact in float64
     for t in range(terms):
-        r = v - s  # float32, exact (see module docstring)
-        sign, e = pot_exponent(r)
-        if np.any((sign != 0) & (e > EXP_MAX)):
-            raise ValueError("scale too large for an int8 power-of-two exponent")
+        sign, e = pot_exponent(v - s)
+        _check_range(sign, e)
         sign = np.where(e < EXP_MIN, 0, sign).astype(np.int8)  # subnormal residual: drop the term
         e = np.where(sign != 0, e, 0)
         signs[..., t] = sign
-        exps[..., t] = e.astype(np.int8)
-        acc += sign.astype(np.float64) * np.ldexp(1.0, e)
-        s = acc.astype(np.float32)
-    return s, signs, exps
+        exps[..., t] = e
+        s += sign * np.ldexp(1.0, e)
+    return s.astype(np.float32), signs, exps
+
+
+def apot_scalar(v: float, terms: int) -> tuple[float, tuple[int, ...], tuple[int, ...]]:
+    """`apot` of one float32-representable value with Python floats (the solver's per-column fast path).
+
+    Gives the same value, signs and exponents as `apot`."""
+    frexp, ldexp = math.frexp, math.ldexp
+    s = 0.0
+    signs = [0] * terms
+    exps = [0] * terms
+    r = v
+    for t in range(terms):
+        if r == 0.0:
+            break  # every later residual is 0 too
+        m, e = frexp(r)  # r = m * 2**e, 0.5 <= |m| < 1
+        if m * m < 0.5:
+            e -= 1
+        if e < EXP_MIN or e > EXP_MAX:
+            if e > EXP_MAX:
+                raise ValueError("scale too large for an int8 power-of-two exponent")
+            break  # subnormal residual: dropped, and so would every later one be
+        if r > 0:
+            s += ldexp(1.0, e)
+            signs[t] = 1
+        else:
+            s -= ldexp(1.0, e)
+            signs[t] = -1
+        exps[t] = e
+        r = v - s  # exact: both are float32-representable and close (module docstring)
+    return s, tuple(signs), tuple(exps)
+
+
+def _check_range(sign: np.ndarray, e: np.ndarray) -> None:
+    if np.any((sign != 0) & (e > EXP_MAX)):
+        raise ValueError("scale too large for an int8 power-of-two exponent")
 
 
 def apot_value(signs: np.ndarray, exps: np.ndarray) -> np.ndarray:

@@ -37,7 +37,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from llm1bit.quant.apot import apot
+from llm1bit.quant.apot import apot, apot_scalar
 
 CG_EPS = np.float32(1e-6)
 MAX_PERIOD = 4  # longest cycle of scale vectors the early exit looks for
@@ -93,7 +93,7 @@ class LevelTable:
     def build(cls, a: np.ndarray) -> LevelTable:
         lv = levels(a)
         order = np.argsort(lv, axis=1, kind="stable")
-        values = np.take_along_axis(lv, order, axis=1)
+        values = lv[np.arange(lv.shape[0])[:, None], order]
         mids = (values[:, :-1] + values[:, 1:]) / np.float32(2.0)
         return cls(values, order, mids, _group_keys(mids).ravel())
 
@@ -104,6 +104,8 @@ class LevelTable:
         m = self.mids.shape[1]
         if m == 0:
             return np.zeros(x.shape, dtype=np.int64)
+        if group is None and x.shape[0] == 1:
+            return self.mids[0].searchsorted(x[0], side="right")[None, :]
         if group is None:
             group = np.broadcast_to(np.arange(x.shape[0])[:, None], x.shape)
         keys = float_keys(x) | (group.astype(np.uint64) << np.uint64(32))
@@ -135,37 +137,87 @@ def greedy(x: np.ndarray, sizes: np.ndarray, q: int) -> tuple[np.ndarray, np.nda
     return codes, a
 
 
-def cg(A: np.ndarray, rhs: np.ndarray, a: np.ndarray, iters: int) -> np.ndarray:
-    """The reference's batched conjugate gradient for A a = rhs: warm start, `iters` steps, eps 1e-6, float32."""
-    a = a.copy()
-    r = rhs - np.einsum("gij,gj->gi", A, a)
-    p = r.copy()
-    rs = np.einsum("gi,gi->g", r, r)
-    for _ in range(iters):
-        ap = np.einsum("gij,gj->gi", A, p)
-        alpha = rs / (np.einsum("gi,gi->g", p, ap) + CG_EPS)
-        a += alpha[:, None] * p
-        r -= alpha[:, None] * ap
-        rs_new = np.einsum("gi,gi->g", r, r)
-        beta = rs_new / (rs + CG_EPS)
-        p = r + beta[:, None] * p
-        rs = rs_new
-    return a
+def cg(A: list, rhs: list, a: list, iters: int) -> list:
+    """The reference's conjugate gradient for A a = rhs: warm start at a, `iters` steps, eps 1e-6, float32.
+
+    Vectors are lists of q entries and A a q x q nested list; an entry is a float32 scalar (one
+    group) or a float32 array (a batch of groups). The operations and their order are the same
+    either way, so one group gives the same bits alone or in a batch."""
+    q = len(a)
+    return list(_cg_function(q, iters)(*[v for row in A for v in row], *rhs, *a))
+
+
+@lru_cache(maxsize=64)
+def _cg_function(q: int, iters: int):
+    """CG for a fixed size, unrolled into straight-line code (a round of BCQ is dominated by Python overhead).
+
+    Every dot product is summed left to right, s = u0*v0 + u1*v1 + ... ."""
+    idx = range(q)
+
+    def dot(u: str, v: str) -> str:
+        return " + ".join(f"{u}{i} * {v}{i}" for i in idx)
+
+    lines = [
+        f"def cg_{q}({', '.join(f'A{i}_{j}' for i in idx for j in idx)}, {', '.join(f'b{i}' for i in idx)}, "
+        f"{', '.join(f'a{i}' for i in idx)}):"
+    ]
+    for i in idx:
+        lines.append(f"    r{i} = b{i} - (" + " + ".join(f"A{i}_{j} * a{j}" for j in idx) + ")")
+        lines.append(f"    p{i} = r{i}")
+    lines.append(f"    rs = {dot('r', 'r')}")
+    lines.append(f"    for _ in range({iters}):")
+    for i in idx:
+        lines.append(f"        ap{i} = " + " + ".join(f"A{i}_{j} * p{j}" for j in idx))
+    lines.append(f"        alpha = rs / (({dot('p', 'ap')}) + eps)")
+    for i in idx:
+        lines.append(f"        a{i} = a{i} + alpha * p{i}")
+        lines.append(f"        r{i} = r{i} - alpha * ap{i}")
+    lines.append(f"        rs_new = {dot('r', 'r')}")
+    lines.append("        beta = rs_new / (rs + eps)")
+    for i in idx:
+        lines.append(f"        p{i} = r{i} + beta * p{i}")
+    lines.append("        rs = rs_new")
+    lines.append(f"    return ({', '.join(f'a{i}' for i in idx)},)")
+    namespace = {"eps": CG_EPS}
+    exec("\n".join(lines), namespace)  # noqa: S102 - generated from integers only
+    return namespace[f"cg_{q}"]
+
+
+def _rows(m: np.ndarray) -> list:
+    """A (G, q) array as a list of q float32 columns (G == 1: float32 scalars)."""
+    if m.shape[0] == 1:
+        return list(m[0])
+    return [np.ascontiguousarray(m[:, i]) for i in range(m.shape[1])]
+
+
+def _matrix(m: np.ndarray) -> list:
+    """A (G, q, q) array as a q x q nested list (G == 1: float32 scalars)."""
+    if m.shape[0] == 1:
+        return [list(row) for row in m[0]]
+    return [[np.ascontiguousarray(m[:, i, j]) for j in range(m.shape[2])] for i in range(m.shape[1])]
+
+
+def _stack(v: list, G: int) -> np.ndarray:
+    if G == 1:
+        return np.array(v, dtype=np.float32)[None, :]
+    return np.stack(v, axis=1).astype(np.float32, copy=False)
 
 
 class _SortedGroups:
     """x sorted per group, with float64 prefix sums and search keys: B^T B and B^T x of nearest-level codes in O(L log n)."""
 
     def __init__(self, x: np.ndarray, sizes: np.ndarray):
-        n = x.shape[1]
+        G, n = x.shape
         pad = np.arange(n)[None, :] >= sizes[:, None]
         xs = np.sort(np.where(pad, np.float32(np.inf), x), axis=1)
         self.keys = _group_keys(xs).ravel()
-        csum = np.zeros((x.shape[0], n + 1), dtype=np.float64)
-        np.cumsum(np.where(np.isinf(xs), 0.0, xs), axis=1, dtype=np.float64, out=csum[:, 1:])
+        csum = np.zeros((G, n + 1), dtype=np.float64)
+        np.cumsum(np.where(pad, 0.0, xs), axis=1, dtype=np.float64, out=csum[:, 1:])  # padding sorts last
         self.csum = csum
         self.sizes = sizes
         self.n = n
+        self.rows = np.arange(G)[:, None]
+        self.offsets = self.rows.astype(np.uint64) << np.uint64(32)
 
     def normal_equations(self, table: LevelTable, q: int) -> tuple[np.ndarray, np.ndarray]:
         G = self.csum.shape[0]
@@ -174,14 +226,16 @@ class _SortedGroups:
         bounds[:, 0] = 0
         bounds[:, L] = self.sizes
         if L > 1:
-            qk = float_keys(table.mids) | (np.arange(G, dtype=np.uint64)[:, None] << np.uint64(32))
+            qk = float_keys(table.mids) | self.offsets
             pos = np.searchsorted(self.keys, qk.ravel(), side="left").reshape(G, L - 1)
-            bounds[:, 1:L] = pos - np.arange(G)[:, None] * self.n
-        counts = np.diff(bounds, axis=1).astype(np.float64)
-        sums = np.diff(np.take_along_axis(self.csum, bounds, axis=1), axis=1)
-        s = sign_table(q)[table.order].astype(np.float64)  # (G, L, q)
-        btb = np.einsum("glq,gl,glr->gqr", s, counts, s).astype(np.float32)
-        btx = np.einsum("glq,gl->gq", s, sums).astype(np.float32)
+            bounds[:, 1:L] = pos - self.rows * self.n  # entries x < mid go left
+        counts = (bounds[:, 1:] - bounds[:, :-1]).astype(np.float64)
+        cs = self.csum[self.rows, bounds]
+        sums = cs[:, 1:] - cs[:, :-1]
+        s = sign_table(q).astype(np.float64)[table.order]  # (G, L, q)
+        sT = s.transpose(0, 2, 1)
+        btb = np.matmul(sT * counts[:, None, :], s).astype(np.float32)
+        btx = np.matmul(sT, sums[:, :, None])[:, :, 0].astype(np.float32)
         return btb, btx
 
 
@@ -194,7 +248,7 @@ class BCQFit:
 
 
 def _finish(a: np.ndarray, apot_terms: int | None) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
-    """|a| sorted descending per group, then APoT when requested (spec §1.3 steps 2-3)."""
+    """|a| sorted descending per group, then APoT when requested (spec §1.3 steps 2-3). a is (G, q)."""
     a = -np.sort(-np.abs(a), axis=1)
     if apot_terms is None:
         return a, None, None
@@ -219,15 +273,81 @@ def bcq_fit(
         s, signs, exps = _finish(a, apot_terms)
         return BCQFit(s, signs, exps, 0)
     # round 1 starts from the greedy codes (which may hold zeros)
-    btb = np.einsum("gnq,gnr->gqr", codes, codes)
-    btx = np.einsum("gnq,gn->gq", codes.astype(np.float64), x.astype(np.float64)).astype(np.float32)
+    btb = np.matmul(codes.transpose(0, 2, 1), codes)
+    btx = np.matmul(codes.transpose(0, 2, 1).astype(np.float64), x.astype(np.float64)[:, :, None])
+    btx = btx[:, :, 0].astype(np.float32)
     del codes
+    if x.shape[0] == 1:
+        return _rounds_one(x[0], int(sizes[0]), q, rounds, apot_terms, early_exit, btb, btx, a)
+    return _rounds_many(x, sizes, q, rounds, apot_terms, early_exit, btb, btx, a)
+
+
+def _rounds_one(x, n, q, rounds, apot_terms, early_exit, btb, btx, a) -> BCQFit:
+    """Refinement rounds for a single group, with float32 scalars (a round costs a few dozen microseconds)."""
+    xs = np.sort(x[:n])
+    csum = np.zeros(n + 1, dtype=np.float64)
+    np.cumsum(xs, dtype=np.float64, out=csum[1:])
+    table = sign_table(q)
+    signs_int = table.astype(np.int64)
+    sign_cols = [np.ascontiguousarray(table[:, b]) for b in range(q)]
+    bounds = np.empty(2**q + 1, dtype=np.int64)
+    bounds[0] = 0
+    bounds[-1] = n
+    half = np.float32(0.5)
+    solve = _cg_function(q, q)
+    A, rhs, av = tuple(btb[0].ravel()), tuple(btx[0]), tuple(a[0])
+    history: list[tuple] = []  # (scales as float tuple, signs, exps) after round 1, 2, ...
+    final = None
+    for r in range(1, rounds + 1):
+        av = solve(*A, *rhs, *av)
+        vals = sorted([abs(float(v)) for v in av], reverse=True)
+        if apot_terms is None:
+            state = (tuple(vals), None, None)
+        else:
+            terms = [apot_scalar(v, apot_terms) for v in vals]
+            state = (tuple([t[0] for t in terms]), tuple([t[1] for t in terms]), tuple([t[2] for t in terms]))
+        history.append(state)
+        if r == rounds:
+            break
+        if early_exit and r >= 2:
+            for period in range(1, min(MAX_PERIOD, r - 1) + 1):
+                j = r - period
+                if history[j - 1][0] == state[0]:
+                    final = history[j + (rounds - j) % period - 1]
+                    break
+            if final is not None:
+                break
+        a32 = np.array(state[0], dtype=np.float32)
+        av = tuple(a32)
+        lv = sign_cols[0] * av[0]  # the same plane order as `levels`
+        for b in range(1, q):
+            lv = lv + sign_cols[b] * av[b]
+        order = lv.argsort(kind="stable")
+        v = lv[order]
+        bounds[1:-1] = xs.searchsorted((v[:-1] + v[1:]) * half)  # entries x < mid go left
+        cs = csum[bounds]
+        s = signs_int[order]  # (L, q)
+        A = tuple(((s.T * (bounds[1:] - bounds[:-1])) @ s).astype(np.float32).ravel())  # exact integers
+        rhs = tuple(((cs[1:] - cs[:-1]) @ s).astype(np.float32))
+    state = final if final is not None else history[-1]
+    scales = np.array(state[0], dtype=np.float32)[None]
+    if apot_terms is None:
+        return BCQFit(scales, None, None, len(history))
+    return BCQFit(
+        scales, np.array(state[1], dtype=np.int8)[None], np.array(state[2], dtype=np.int8)[None], len(history)
+    )
+
+
+def _rounds_many(x, sizes, q, rounds, apot_terms, early_exit, btb, btx, a) -> BCQFit:
+    """Refinement rounds for a batch of groups; groups that reach a cycle are resolved and the loop ends when all are."""
+    G = x.shape[0]
     sorted_groups = _SortedGroups(x, sizes)
     history: list[tuple] = []  # (a, signs, exps) after round r = 1, 2, ...
     final: list | None = None
-    done = np.zeros(x.shape[0], dtype=bool)
+    done = np.zeros(G, dtype=bool)
+    A, rhs, av = _matrix(btb), _rows(btx), _rows(a)
     for r in range(1, rounds + 1):
-        a = cg(btb, btx, a, q)
+        a = _stack(cg(A, rhs, av, q), G)
         a, signs, exps = _finish(a, apot_terms)
         history.append((a, signs, exps))
         if r == rounds:
@@ -237,6 +357,7 @@ def bcq_fit(
             if done.all():
                 break
         btb, btx = sorted_groups.normal_equations(LevelTable.build(a), q)
+        A, rhs, av = _matrix(btb), _rows(btx), _rows(a)
     rounds_run = len(history)
     last = history[-1]
     if final is None:
@@ -303,9 +424,9 @@ def bcq_simple(x: np.ndarray, q: int, rounds: int, apot_terms: int | None) -> tu
     B = codes[0]  # (n, q)
     if rounds > 0 and q > 1:
         for _ in range(rounds):
-            btb = (B.T @ B)[None]
-            btx = (B.T.astype(np.float64) @ x[0].astype(np.float64)).astype(np.float32)[None]
-            a = cg(btb, btx, a, q)
+            btb = B.T @ B
+            btx = (B.T.astype(np.float64) @ x[0].astype(np.float64)).astype(np.float32)
+            a = np.array(cg([list(row) for row in btb], list(btx), list(a[0]), q), dtype=np.float32)[None]
             a, _, _ = _finish(a, apot_terms)
             lv = levels(a)[0]
             order = np.argsort(lv, kind="stable")

@@ -1,0 +1,182 @@
+"""Time the per-layer quantizers on realistic shapes and print a table.
+
+    .venv/bin/python scripts/bench_solver.py                     # SmolLM2-135M decoder layer, 2 and 3 bits
+    .venv/bin/python scripts/bench_solver.py --shapes small --bits 3 --methods acc lat
+    .venv/bin/python scripts/bench_solver.py --columns-only      # per-column BCQ, before / after
+
+Weights are random (std 0.02, a few heavy rows); the Hessian comes from correlated Gaussian inputs
+with a few outlier channels (H = X^T X / n), which gives act-order and error feedback realistic work.
+Timings are wall-clock minima over --repeat runs (the machine may be shared); nothing here is a test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+from llm1bit.quant.bcq import bcq, bcq_fit
+from llm1bit.quant.config import QuantSpec
+from llm1bit.quant.solver import quantize_weight
+
+# (name, N, K) in nn.Linear layout
+SHAPES = {
+    "smollm2": [
+        ("q_proj", 576, 576),
+        ("k_proj", 192, 576),
+        ("v_proj", 192, 576),
+        ("o_proj", 576, 576),
+        ("gate_proj", 1536, 576),
+        ("up_proj", 1536, 576),
+        ("down_proj", 576, 1536),
+    ],
+    "small": [("q", 256, 256), ("gate", 172, 64), ("down", 64, 172)],
+}
+METHODS = {
+    "rtn": dict(method="rtn"),
+    "bcq": dict(method="bcq"),
+    "gptq": dict(method="gptq"),
+    "acc": dict(method="shiftaddllm", mode="acc"),
+    "acc-noinc": dict(method="shiftaddllm", mode="acc", incoherence=False),
+    "acc-g128": dict(method="shiftaddllm", mode="acc", groupsize=128),
+    "lat": dict(method="shiftaddllm", mode="lat"),
+}
+
+
+def realistic_layer(n: int, k: int, seed: int = 0, tokens: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.randn(k, k, generator=g) / k**0.5
+    x = torch.randn(tokens, k, generator=g) @ mix + 0.5 * torch.randn(tokens, k, generator=g)
+    x[:, torch.randperm(k, generator=g)[:4]] *= 20.0  # outlier channels
+    w = torch.randn(n, k, generator=g) * 0.02
+    w[torch.randperm(n, generator=g)[:2]] *= 5.0
+    h = (x.T.double() @ x.double()) / tokens
+    return w, h
+
+
+def _min_time(repeat: int, fn, *args) -> float:
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn(*args)
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def bench_layers(shapes, methods, bits_list, repeat: int) -> None:
+    layers = {name: realistic_layer(n, k, seed=i) for i, (name, n, k) in enumerate(shapes)}
+    print(
+        f"\nper-layer solver time, seconds (min of {repeat}); shapes: "
+        + ", ".join(f"{s[0]} {s[1]}x{s[2]}" for s in shapes)
+    )
+    header = f"{'method':<10} {'bits':>4} " + " ".join(f"{s[0]:>10}" for s in shapes) + f" {'layer':>8}"
+    print(header)
+    print("-" * len(header))
+    for method in methods:
+        for bits in bits_list:
+            spec = QuantSpec(wbits=bits, **METHODS[method])
+            times = [_min_time(repeat, quantize_weight, w, h, spec) for w, h in layers.values()]
+            cells = " ".join(f"{t:>10.3f}" for t in times)
+            print(f"{method:<10} {bits:>4} {cells} {sum(times):>8.2f}", flush=True)
+
+
+def _bcq_reference_style(x: torch.Tensor, q: int, rounds: int, terms: int) -> torch.Tensor:
+    """The unoptimised per-column algorithm as the reference runs it, in torch: explicit codes, all rounds."""
+    r = x.clone()
+    B = torch.empty(x.numel(), q)
+    a = torch.empty(q)
+    for i in range(q):
+        B[:, i] = torch.sign(r)
+        a[i] = r.abs().mean()
+        r -= a[i] * B[:, i]
+    signs = torch.tensor(
+        np.array(np.meshgrid(*[[1.0, -1.0]] * q, indexing="ij")).reshape(q, -1).T, dtype=torch.float32
+    )
+    for _ in range(rounds):
+        A = B.T @ B
+        b = B.T @ x
+        res = b - A @ a
+        p = res.clone()
+        rs = res @ res
+        for _ in range(q):
+            ap = A @ p
+            alpha = rs / (p @ ap + 1e-6)
+            a = a + alpha * p
+            res = res - alpha * ap
+            rs_new = res @ res
+            p = res + rs_new / (rs + 1e-6) * p
+            rs = rs_new
+        a = torch.sort(a.abs(), descending=True).values
+        s = torch.zeros_like(a)
+        for _ in range(terms):
+            v = a - s
+            s = s + torch.sign(v) * 2 ** torch.round(torch.log2(v.abs()))
+        a = s
+        lv = signs @ a
+        vals, order = torch.sort(lv)
+        mids = (vals[:-1] + vals[1:]) / 2
+        B = signs[order[torch.searchsorted(mids, x, right=True)]]
+    return B @ a
+
+
+def _each(fn, items, *args) -> None:
+    for item in items:
+        fn(item, *args)
+
+
+def _fit_all_rounds(x, sizes, q) -> None:
+    bcq_fit(x, sizes, q, 50, 3, early_exit=False)
+
+
+def bench_columns(repeat: int) -> None:
+    print(
+        "\nper-column BCQ (acc, groupsize -1, 50 rounds, 3 APoT terms), milliseconds per column (min of repeats)"
+    )
+    print(
+        f"{'N':>6} {'q':>2} {'reference-style torch':>22} {'ours, all 50 rounds':>20} {'ours, early exit':>17} {'rounds run':>11}"
+    )
+    rng = np.random.default_rng(0)
+    for n in (576, 1536):
+        for q in (2, 3):
+            cols = [rng.standard_normal(n).astype(np.float32) * 0.02 for _ in range(40)]
+            sizes = np.array([n])
+            ref = (
+                _min_time(1, _each, _bcq_reference_style, [torch.from_numpy(c) for c in cols[:10]], q, 50, 3)
+                / 10
+            )
+            full = _min_time(repeat, _each, _fit_all_rounds, [c[None] for c in cols], sizes, q) / len(cols)
+            fast = _min_time(repeat, _each, bcq, [c[None] for c in cols], sizes, q, 50, 3) / len(cols)
+            rounds = np.mean([bcq_fit(c[None], sizes, q, 50, 3).rounds_run for c in cols])
+            print(
+                f"{n:>6} {q:>2} {ref * 1e3:>22.2f} {full * 1e3:>20.2f} {fast * 1e3:>17.2f} {rounds:>11.1f}",
+                flush=True,
+            )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--shapes", choices=sorted(SHAPES), default="smollm2")
+    parser.add_argument(
+        "--methods", nargs="+", choices=list(METHODS), default=["rtn", "bcq", "gptq", "acc", "lat"]
+    )
+    parser.add_argument("--bits", nargs="+", type=int, default=[2, 3])
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch.set_num_threads (the solver's large linear algebra)"
+    )
+    parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--columns-only", action="store_true", help="only the per-column BCQ comparison")
+    parser.add_argument("--no-columns", action="store_true", help="skip the per-column BCQ comparison")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if not args.columns_only:
+        bench_layers(SHAPES[args.shapes], args.methods, args.bits, args.repeat)
+    if not args.no_columns:
+        bench_columns(args.repeat)
+
+
+if __name__ == "__main__":
+    main()
