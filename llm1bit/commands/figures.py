@@ -1,0 +1,125 @@
+"""`llm1bit figures`: regenerate the study's figures (PNG + PDF + the CSV of the plotted numbers)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import click
+
+from llm1bit.commands.options import (
+    cache_option,
+    make_cache,
+    parse_name_list,
+    positive_int,
+    simulator_progress,
+)
+
+
+def _figure_names(only: str | None, known: list[str]) -> list[str]:
+    """`fig04,fig5,13` -> ['fig04', 'fig05', 'fig13']; an unknown name is a one-line error listing the known ones."""
+    from llm1bit.errors import unknown_choice
+
+    if not only:
+        return known
+    names = []
+    for item in parse_name_list(only):
+        m = re.fullmatch(r"(?:fig)?0*(\d+)", item.lower())
+        name = f"fig{int(m.group(1)):02d}" if m else item
+        if name not in known:
+            raise unknown_choice("figure", item, known)
+        if name not in names:
+            names.append(name)
+    return sorted(names, key=known.index) or known
+
+
+@click.command()
+@click.option("--only", default=None, help="Comma-separated figures, e.g. fig04,fig05 [default: all].")
+@click.option(
+    "--backend",
+    type=click.Choice(["analytic", "scalesim"]),
+    default="analytic",
+    show_default=True,
+    help="analytic: SCALE-Sim's closed form (seconds); scalesim: the real simulator, composed exactly, cached.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("figures"),
+    show_default=True,
+    help="Folder to write into (created if missing).",
+)
+@click.option("--phase", type=click.Choice(["decode", "prefill"]), default="decode", show_default=True)
+@click.option("--batch", default="1", callback=positive_int, show_default=True, help="Sequences per step.")
+@click.option(
+    "--jobs", default=None, callback=positive_int, help="Simulator worker processes [default: CPU count]."
+)
+@cache_option
+def figures(
+    only: str | None,
+    backend: str,
+    out: Path,
+    phase: str,
+    batch: int,
+    jobs: int | None,
+    cache_dir: Path | None,
+) -> None:
+    """Regenerate the study's figures from simulation into OUT/figNN-*.png, .pdf and .csv.
+
+    \b
+    fig04 / fig06  MatMul-free fractions, OPT, cloud / edge (heatmaps)
+    fig05 / fig07  Amdahl curves, OPT, l = 2048, cloud / edge
+    fig08          total cycles under the IS, OS and WS dataflows
+    fig09 / fig10  MatMul-free fractions, GPT and LLaMA, cloud / edge
+    fig11 / fig12  Amdahl curves for every sequence length, cloud / edge
+    fig13          today's architectures (HF configs) vs the paper's shapes
+    Every CSV holds exactly the plotted numbers with their settings; fig04's equals
+    `llm1bit sweep --models opt --hw cloud` for the same backend. Other phases and batch
+    sizes add -prefill / -bN to the file names. With --backend scalesim, points outside
+    the exact composition of the real simulator (IS / WS FFNs of the larger OPT models on
+    the edge TPU in fig08) use its closed form; their rows and the title say so.
+    Examples:
+      llm1bit figures
+      llm1bit figures --only fig04,fig05 --out figs
+      llm1bit figures --backend scalesim --cache-dir ~/.cache/llm1bit
+      llm1bit figures --phase prefill --batch 4 --only fig04
+    """
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from llm1bit.errors import UserError
+    from llm1bit.figures import FIGURES, Settings, make_figures
+
+    names = _figure_names(only, list(FIGURES))
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} exists and is not a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"cannot create output folder {out}: {exc.strerror}") from None
+    settings = Settings(backend=backend, phase=phase, batch=batch)
+    cache = make_cache(cache_dir)
+    console = Console(stderr=True)
+    drawn: list[tuple[str, list[Path]]] = []
+    with simulator_progress(f"SCALE-Sim runs for {', '.join(names)}") as sim_progress:
+        with Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=console,
+            transient=True,
+        ) as bar:
+            task = bar.add_task("simulating", total=len(names))
+
+            def on_drawn(name: str, paths: list[Path]) -> None:
+                drawn.append((name, paths))
+                bar.update(task, advance=1, description=f"drawn {name}")
+
+            make_figures(
+                names, settings, out, cache=cache, jobs=jobs, sim_progress=sim_progress, on_drawn=on_drawn
+            )
+    for name, paths in drawn:
+        stem = paths[0].with_suffix("")
+        exts = ",".join(p.suffix.lstrip(".") for p in paths)
+        click.echo(f"{name}: {stem}.{{{exts}}}", err=True)

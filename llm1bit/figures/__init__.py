@@ -1,0 +1,46 @@
+"""The study's figures, one module per figure family, regenerated from simulation by `llm1bit figures`.
+
+    heatmaps       fig04, fig06, fig09, fig10  MatMul-free fractions (cycles, memory) as heatmap tables
+    amdahl_curves  fig05, fig07, fig11, fig12  Amdahl curves (and `llm1bit amdahl --plot`)
+    dataflows      fig08                       total cycles under the IS, OS and WS dataflows
+    modern         fig13                       today's architectures vs the paper's simplified shapes
+
+`make_figures` simulates the points of all requested figures in one deduplicated run, then draws
+each figure into `<out>/figNN-....png`, `.pdf` and a `.csv` of exactly the plotted numbers."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from llm1bit.figures import amdahl_curves, dataflows, heatmaps, modern
+from llm1bit.figures.common import FigureSpec, Settings, simulate
+
+FIGURES: dict[str, FigureSpec] = {
+    spec.name: spec
+    for spec in sorted(
+        (*heatmaps.FIGURES, *amdahl_curves.FIGURES, *dataflows.FIGURES, *modern.FIGURES), key=lambda f: f.name
+    )
+}
+
+__all__ = ["FIGURES", "FigureSpec", "Settings", "make_figures"]
+
+
+def make_figures(
+    names: Sequence[str],
+    settings: Settings,
+    out: Path,
+    cache=None,
+    jobs: int | None = None,
+    sim_progress: Callable[[int, int], None] | None = None,
+    on_drawn: Callable[[str, list[Path]], None] | None = None,
+) -> dict[str, list[Path]]:
+    """Simulate once for all `names`, then draw each into `out` (which must exist)."""
+    specs = [FIGURES[n] for n in names]
+    results = simulate(specs, settings, cache=cache, jobs=jobs, progress=sim_progress)
+    written = {}
+    for spec in specs:
+        written[spec.name] = spec.draw(settings, results, out)
+        if on_drawn:
+            on_drawn(spec.name, written[spec.name])
+    return written
