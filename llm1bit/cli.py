@@ -17,6 +17,8 @@ COMMANDS: dict[str, str] = {
     "topology": "llm1bit.commands.topology:topology",
     "simulate": "llm1bit.commands.simulate:simulate",
     "sweep": "llm1bit.commands.sweep:sweep",
+    "amdahl": "llm1bit.commands.amdahl:amdahl",
+    "figures": "llm1bit.commands.figures:figures",
     "quantize": "llm1bit.commands.quantize:quantize",
     "eval": "llm1bit.commands.evaluate:evaluate",
 }
