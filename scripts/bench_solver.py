@@ -3,9 +3,12 @@
     .venv/bin/python scripts/bench_solver.py                     # SmolLM2-135M decoder layer, 2 and 3 bits
     .venv/bin/python scripts/bench_solver.py --shapes small --bits 3 --methods acc lat
     .venv/bin/python scripts/bench_solver.py --columns-only      # per-column BCQ, before / after
+    .venv/bin/python scripts/bench_solver.py --real .cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --layer 15
 
 Weights are random (std 0.02, a few heavy rows); the Hessian comes from correlated Gaussian inputs
 with a few outlier channels (H = X^T X / n), which gives act-order and error feedback realistic work.
+With --real, the weights of one decoder layer of a real checkpoint (a GGUF that transformers can load,
+e.g. SmolLM2-135M) are used, with Hessians from a forward pass of calibration text through the model.
 Timings are wall-clock minima over --repeat runs (the machine may be shared); nothing here is a test.
 """
 
@@ -56,6 +59,41 @@ def realistic_layer(n: int, k: int, seed: int = 0, tokens: int = 4096) -> tuple[
     return w, h
 
 
+def real_layers(gguf: str, layer: int, tokens: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """{name: (W, H)} for the linear layers of decoder layer `layer`, H from `tokens` calibration tokens."""
+    from pathlib import Path
+
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(gguf)
+    model = AutoModelForCausalLM.from_pretrained(path.parent, gguf_file=path.name, dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
+    text = (Path(__file__).resolve().parents[2] / "shared/data/wikitext-2/valid.tokenized.txt").read_text()
+    ids = tok(text[: tokens * 8], return_tensors="pt").input_ids[:, :tokens]
+    block = model.model.layers[layer]
+    linears = {
+        name.split(".")[-1]: mod for name, mod in block.named_modules() if isinstance(mod, torch.nn.Linear)
+    }
+    hess = {
+        name: torch.zeros(mod.in_features, mod.in_features, dtype=torch.float64)
+        for name, mod in linears.items()
+    }
+
+    def hook(name):
+        def capture(_module, args):
+            x = args[0].reshape(-1, args[0].shape[-1]).double()
+            hess[name] += x.T @ x / x.shape[0]
+
+        return capture
+
+    handles = [mod.register_forward_pre_hook(hook(name)) for name, mod in linears.items()]
+    with torch.no_grad():
+        model(ids, use_cache=False)
+    for handle in handles:
+        handle.remove()
+    return {name: (mod.weight.detach().clone(), hess[name]) for name, mod in linears.items()}
+
+
 def _min_time(repeat: int, fn, *args) -> float:
     best = float("inf")
     for _ in range(repeat):
@@ -65,12 +103,10 @@ def _min_time(repeat: int, fn, *args) -> float:
     return best
 
 
-def bench_layers(shapes, methods, bits_list, repeat: int) -> None:
-    layers = {name: realistic_layer(n, k, seed=i) for i, (name, n, k) in enumerate(shapes)}
-    print(
-        f"\nper-layer solver time, seconds (min of {repeat}); shapes: "
-        + ", ".join(f"{s[0]} {s[1]}x{s[2]}" for s in shapes)
-    )
+def bench_layers(layers: dict, methods, bits_list, repeat: int, source: str) -> None:
+    shapes = [(name, *w.shape) for name, (w, _) in layers.items()]
+    print(f"\nper-layer solver time, seconds (min of {repeat}); {source}")
+    print("shapes (N x K): " + ", ".join(f"{s[0]} {s[1]}x{s[2]}" for s in shapes))
     header = f"{'method':<10} {'bits':>4} " + " ".join(f"{s[0]:>10}" for s in shapes) + f" {'layer':>8}"
     print(header)
     print("-" * len(header))
@@ -168,12 +204,22 @@ def main() -> None:
         "--threads", type=int, default=1, help="torch.set_num_threads (the solver's large linear algebra)"
     )
     parser.add_argument("--repeat", type=int, default=2)
+    parser.add_argument("--real", metavar="GGUF", help="use a real checkpoint's decoder layer (a .gguf file)")
+    parser.add_argument("--layer", type=int, default=0, help="decoder layer index for --real")
+    parser.add_argument("--tokens", type=int, default=1024, help="calibration tokens for --real")
     parser.add_argument("--columns-only", action="store_true", help="only the per-column BCQ comparison")
     parser.add_argument("--no-columns", action="store_true", help="skip the per-column BCQ comparison")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if not args.columns_only:
-        bench_layers(SHAPES[args.shapes], args.methods, args.bits, args.repeat)
+        if args.real:
+            layers = real_layers(args.real, args.layer, args.tokens)
+            source = f"{args.real} layer {args.layer}, H from {args.tokens} tokens"
+        else:
+            shapes = SHAPES[args.shapes]
+            layers = {name: realistic_layer(n, k, seed=i) for i, (name, n, k) in enumerate(shapes)}
+            source = f"random weights, synthetic H ({args.shapes})"
+        bench_layers(layers, args.methods, args.bits, args.repeat, source)
     if not args.no_columns:
         bench_columns(args.repeat)
 

@@ -52,13 +52,33 @@ def apot(v: np.ndarray, terms: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     if terms < 1:
         raise ValueError(f"apot needs at least one term, got {terms}")
     v = np.asarray(v, dtype=np.float32).astype(np.float64)
+    signs = np.empty(v.shape + (terms,), dtype=np.float64)
+    exps = np.empty(v.shape + (terms,), dtype=np.int64)
+    s = np.zeros(v.shape, dtype=np.float64)  # sum of the terms so far, exact in float64
+    for t in range(terms):
+        r = v - s
+        m, e = np.frexp(r)
+        e -= m * m < 0.5
+        sign = np.sign(r)
+        s += sign * np.ldexp(1.0, e)  # r == 0: sign 0, term 0
+        signs[..., t] = sign
+        exps[..., t] = e
+    exps[signs == 0] = 0
+    if exps.size and (exps.min() < EXP_MIN or exps.max() > EXP_MAX):
+        return _apot_careful(v, terms)
+    return s.astype(np.float32), signs.astype(np.int8), exps.astype(np.int8)
+
+
+def _apot_careful(v: np.ndarray, terms: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`apot` when an exponent leaves the int8 range: a subnormal residual term is dropped; too large is an error."""
     signs = np.zeros(v.shape + (terms,), dtype=np.int8)
     exps = np.zeros(v.shape + (terms,), dtype=np.int8)
-    s = np.zeros(v.shape, dtype=np.float64)  # sum of the kept terms, exact in float64
+    s = np.zeros(v.shape, dtype=np.float64)
     for t in range(terms):
         sign, e = pot_exponent(v - s)
-        _check_range(sign, e)
-        sign = np.where(e < EXP_MIN, 0, sign).astype(np.int8)  # subnormal residual: drop the term
+        if np.any((sign != 0) & (e > EXP_MAX)):
+            raise ValueError("scale too large for an int8 power-of-two exponent")
+        sign = np.where(e < EXP_MIN, 0, sign).astype(np.int8)
         e = np.where(sign != 0, e, 0)
         signs[..., t] = sign
         exps[..., t] = e
@@ -94,11 +114,6 @@ def apot_scalar(v: float, terms: int) -> tuple[float, tuple[int, ...], tuple[int
         exps[t] = e
         r = v - s  # exact: both are float32-representable and close (module docstring)
     return s, tuple(signs), tuple(exps)
-
-
-def _check_range(sign: np.ndarray, e: np.ndarray) -> None:
-    if np.any((sign != 0) & (e > EXP_MAX)):
-        raise ValueError("scale too large for an int8 power-of-two exponent")
 
 
 def apot_value(signs: np.ndarray, exps: np.ndarray) -> np.ndarray:

@@ -41,6 +41,7 @@ from llm1bit.quant.apot import apot, apot_scalar
 
 CG_EPS = np.float32(1e-6)
 MAX_PERIOD = 4  # longest cycle of scale vectors the early exit looks for
+SMALL_BATCH = 8  # up to this many groups, fitting them one by one (scalar path) is faster than batched
 
 
 @lru_cache(maxsize=8)
@@ -183,24 +184,36 @@ def _cg_function(q: int, iters: int):
     return namespace[f"cg_{q}"]
 
 
-def _rows(m: np.ndarray) -> list:
-    """A (G, q) array as a list of q float32 columns (G == 1: float32 scalars)."""
-    if m.shape[0] == 1:
-        return list(m[0])
-    return [np.ascontiguousarray(m[:, i]) for i in range(m.shape[1])]
+def cg_arrays(A: np.ndarray, rhs: np.ndarray, a: np.ndarray, iters: int) -> np.ndarray:
+    """`cg` for a batch held as arrays (A (G, q, q), rhs and a (G, q)), with the same operations in the same order
+    (every sum over j runs left to right), so each group gets the same bits as alone; fewer, larger numpy calls."""
+    q = a.shape[1]
+    cols = [np.ascontiguousarray(A[:, :, j]) for j in range(q)]
 
+    def matvec(v: np.ndarray) -> np.ndarray:
+        out = cols[0] * v[:, 0:1]
+        for j in range(1, q):
+            out = out + cols[j] * v[:, j : j + 1]
+        return out
 
-def _matrix(m: np.ndarray) -> list:
-    """A (G, q, q) array as a q x q nested list (G == 1: float32 scalars)."""
-    if m.shape[0] == 1:
-        return [list(row) for row in m[0]]
-    return [[np.ascontiguousarray(m[:, i, j]) for j in range(m.shape[2])] for i in range(m.shape[1])]
+    def dot(u: np.ndarray, v: np.ndarray) -> np.ndarray:
+        out = u[:, 0] * v[:, 0]
+        for j in range(1, q):
+            out = out + u[:, j] * v[:, j]
+        return out
 
-
-def _stack(v: list, G: int) -> np.ndarray:
-    if G == 1:
-        return np.array(v, dtype=np.float32)[None, :]
-    return np.stack(v, axis=1).astype(np.float32, copy=False)
+    r = rhs - matvec(a)
+    p = r
+    rs = dot(r, r)
+    for _ in range(iters):
+        ap = matvec(p)
+        alpha = (rs / (dot(p, ap) + CG_EPS))[:, None]
+        a = a + alpha * p
+        r = r - alpha * ap
+        rs_new = dot(r, r)
+        p = r + (rs_new / (rs + CG_EPS))[:, None] * p
+        rs = rs_new
+    return a
 
 
 class _SortedGroups:
@@ -277,9 +290,30 @@ def bcq_fit(
     btx = np.matmul(codes.transpose(0, 2, 1).astype(np.float64), x.astype(np.float64)[:, :, None])
     btx = btx[:, :, 0].astype(np.float32)
     del codes
-    if x.shape[0] == 1:
-        return _rounds_one(x[0], int(sizes[0]), q, rounds, apot_terms, early_exit, btb, btx, a)
-    return _rounds_many(x, sizes, q, rounds, apot_terms, early_exit, btb, btx, a)
+    G = x.shape[0]
+    if G > SMALL_BATCH:
+        return _rounds_many(x, sizes, q, rounds, apot_terms, early_exit, btb, btx, a)
+    fits = [
+        _rounds_one(
+            x[g],
+            int(sizes[g]),
+            q,
+            rounds,
+            apot_terms,
+            early_exit,
+            btb[g : g + 1],
+            btx[g : g + 1],
+            a[g : g + 1],
+        )
+        for g in range(G)
+    ]
+    if G == 1:
+        return fits[0]
+    signs = exps = None
+    if apot_terms is not None:
+        signs = np.concatenate([f.signs for f in fits])
+        exps = np.concatenate([f.exps for f in fits])
+    return BCQFit(np.concatenate([f.scales for f in fits]), signs, exps, max(f.rounds_run for f in fits))
 
 
 def _rounds_one(x, n, q, rounds, apot_terms, early_exit, btb, btx, a) -> BCQFit:
@@ -345,9 +379,8 @@ def _rounds_many(x, sizes, q, rounds, apot_terms, early_exit, btb, btx, a) -> BC
     history: list[tuple] = []  # (a, signs, exps) after round r = 1, 2, ...
     final: list | None = None
     done = np.zeros(G, dtype=bool)
-    A, rhs, av = _matrix(btb), _rows(btx), _rows(a)
     for r in range(1, rounds + 1):
-        a = _stack(cg(A, rhs, av, q), G)
+        a = cg_arrays(btb, btx, a, q)
         a, signs, exps = _finish(a, apot_terms)
         history.append((a, signs, exps))
         if r == rounds:
@@ -357,7 +390,6 @@ def _rounds_many(x, sizes, q, rounds, apot_terms, early_exit, btb, btx, a) -> BC
             if done.all():
                 break
         btb, btx = sorted_groups.normal_equations(LevelTable.build(a), q)
-        A, rhs, av = _matrix(btb), _rows(btx), _rows(a)
     rounds_run = len(history)
     last = history[-1]
     if final is None:

@@ -52,7 +52,8 @@ def gptq_loop(
     """Quantize all columns of wt (K, N) float32 (modified in place) with GPTQ error feedback.
 
     u is the upper Cholesky factor of H^-1 (K, K) float32, in the same (act-)order as wt. Blocks of
-    about `blocksize` columns never split a slab. Returns the quantized columns qt (K, N) and the
+    about `blocksize` columns never split a slab. The in-block update skips column i itself (the
+    reference also subtracts from it, which changes nothing that is read later). Returns the quantized columns qt (K, N) and the
     summed loss sum (w - q)^2 / d^2 / 2."""
     import torch
 
@@ -134,7 +135,8 @@ class BCQColumns:
 class BlockScales:
     """Lat (§3.6): at the first column of each 8-column slab, fit BCQ + APoT scales on the current slab
     (groups of `row_block` rows x the slab's columns, flattened row-major); every column of the slab
-    then gets nearest-level codes for those fixed scales. A slab narrower than 8 (K % 8) and a row
+    then gets nearest-level codes for those fixed scales. As in the reference, the scales see the
+    error feedback of earlier slabs but not that of the slab's own columns (spec §9.3). A slab narrower than 8 (K % 8) and a row
     block shorter than `row_block` (N % row_block) are fit on the entries they have."""
 
     width = LAT_COLS

@@ -50,14 +50,14 @@ def test_fast_fit_equals_the_direct_algorithm(q: int, rounds: int, terms: int | 
 
 @pytest.mark.parametrize("q", [2, 3])
 def test_early_exit_and_batching_change_no_bit(q: int) -> None:
-    cols = np.stack([_column(96, s) for s in range(6)])
-    sizes = np.full(6, 96)
+    cols = np.stack([_column(96, s) for s in range(12)])  # more than SMALL_BATCH: the batched path
+    sizes = np.full(12, 96)
     full = bcq_fit(cols, sizes, q, 50, 3, early_exit=False)
     fast = bcq_fit(cols, sizes, q, 50, 3)
     assert fast.rounds_run < 50
     for a, b in [(full.scales, fast.scales), (full.signs, fast.signs), (full.exps, fast.exps)]:
         assert np.array_equal(a, b)
-    for i in range(6):  # one group alone (scalar path) gives the same bits as in the batch
+    for i in range(12):  # one group alone (scalar path) gives the same bits as in the batch
         one = bcq_fit(cols[i : i + 1], sizes[:1], q, 50, 3)
         assert one.rounds_run < 50
         assert np.array_equal(one.scales[0], fast.scales[i]) and np.array_equal(one.signs[0], fast.signs[i])
