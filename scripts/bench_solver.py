@@ -45,6 +45,7 @@ METHODS = {
     "acc-noinc": dict(method="shiftaddllm", mode="acc", incoherence=False),
     "acc-g128": dict(method="shiftaddllm", mode="acc", groupsize=128),
     "lat": dict(method="shiftaddllm", mode="lat"),
+    "lat-g128": dict(method="shiftaddllm", mode="lat", groupsize=128),
 }
 
 

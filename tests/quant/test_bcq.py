@@ -101,6 +101,9 @@ def test_refit_is_the_exact_nearest_level_and_beats_greedy_signs() -> None:
     lv = levels(a)  # (5, 8)
     best = np.abs(x[:, :, None] - lv[:, None, :]).min(-1)
     assert np.array_equal(np.abs(x - xhat), best)
+    for g in range(5):  # the one-group path (float search) agrees with the batched one (integer keys)
+        c1, x1 = assign(x[g : g + 1], a[g : g + 1])
+        assert np.array_equal(c1[:, 0], codes[:, g]) and np.array_equal(x1[0], xhat[g])
     # greedy residual signs for the same scales are never better
     r = x.copy()
     greedy_hat = np.zeros_like(x)
