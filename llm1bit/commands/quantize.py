@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 from pathlib import Path
 
 import click
@@ -65,7 +67,9 @@ def quantize(
     """Quantize a causal LM's decoder linears layer by layer and save a reloadable folder.
 
     Embeddings, norms and lm_head stay in the original precision. Calibration text is required for
-    gptq and shiftaddllm; never calibrate on the text you evaluate on."""
+    gptq and shiftaddllm; never calibrate on the text you evaluate on. The output folder appears only
+    when complete; an interrupted run keeps its finished layers in a hidden folder beside it, and the
+    same command run again resumes from them."""
     from llm1bit.quant.config import QuantSpec
     from llm1bit.quant.pipeline import NEEDS_HESSIAN, check_device, read_bits_config
 
@@ -83,6 +87,8 @@ def quantize(
     out = Path(output)
     if out.exists() and not out.is_dir():
         raise UserError(f"output {out} exists and is not a folder")
+    if not out.absolute().parent.is_dir():
+        raise UserError(f"cannot write {out}: folder {out.absolute().parent} does not exist")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise UserError(f"output folder {out} exists and is not empty (use --overwrite to replace it)")
     needs_calib = method in NEEDS_HESSIAN
@@ -124,12 +130,20 @@ def run_quantize(
         windows = calibration_windows(calib, tokenizer, nsamples, seqlen, spec.seed)
         calibration = {"file": Path(calib).name, "nsamples": nsamples, "seqlen": seqlen, "seed": spec.seed}
     total_fp16 = 2 * sum(p.numel() for p in model.parameters())  # tied weights counted once
-    report = quantize_model(model, spec, windows, device=device, bits_config=layer_bits, console=console)
+    cache = resume_folder(out, model_src, spec, windows, layer_bits)
+    cache.mkdir(exist_ok=True)
+    report = quantize_model(
+        model, spec, windows, device=device, bits_config=layer_bits, console=console, cache_dir=cache
+    )
+    resumed = sum(layer.resumed for layer in report.layers)
+    if resumed:
+        console.print(f"resumed {resumed} finished layer(s) from {cache}")
     extra = {"calibration": calibration, "source_model": str(model_src)}
     with atomic_dir(out, overwrite=overwrite) as tmp:
         qconfig = save_quantized(model, tokenizer, tmp, spec.to_dict(), extra=extra)
         (tmp / "llm1bit_report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
         disk = (tmp / "model.safetensors").stat().st_size
+    shutil.rmtree(cache, ignore_errors=True)
     packed = sum(m["nbytes"] for m in qconfig["modules"].values())
     linear_fp16 = sum(2 * m["shape"][0] * m["shape"][1] for m in qconfig["modules"].values())
     console.print(summary_table(report))
@@ -145,3 +159,17 @@ def run_quantize(
         soft_wrap=True,
     )
     click.echo(f"wrote {out}")
+
+
+def resume_folder(out: Path, model_src: str, spec, windows, layer_bits: dict[str, int] | None) -> Path:
+    """Hidden folder beside `out` for finished layers, keyed by everything that decides their codes."""
+    from llm1bit import __version__
+
+    digest = hashlib.sha256()
+    source = Path(model_src)
+    stamp = [str(source.resolve()), source.stat().st_mtime_ns] if source.exists() else [model_src]
+    settings = {"model": stamp, "spec": spec.to_dict(), "bits": layer_bits, "version": __version__}
+    digest.update(json.dumps(settings, sort_keys=True).encode())
+    if windows is not None:
+        digest.update(windows.numpy().tobytes())
+    return out.parent / f".{out.name}.resume-{digest.hexdigest()[:16]}.partial"

@@ -18,6 +18,7 @@ import difflib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llm1bit.errors import UserError
@@ -52,6 +53,7 @@ class LayerReport:
     forward_seconds: float = 0.0
     solver_seconds: float = 0.0
     sublayers: list[SublayerReport] = field(default_factory=list)
+    resumed: bool = False  # loaded from the resume cache
 
     @property
     def error(self) -> float:
@@ -230,11 +232,14 @@ def quantize_model(
     bits_config: dict[str, int] | None = None,
     console: Console | None = None,
     solver: Solver | None = None,
+    cache_dir: Path | None = None,
 ) -> QuantizeReport:
     """Quantize every decoder-layer linear of `model` in place (they become `QuantLinear`).
 
     `windows` (n, seqlen) int64 calibration tokens are needed for gptq and shiftaddllm. `console`
-    shows a rich progress bar; `solver` defaults to `llm1bit.quant.solver.quantize_weight`."""
+    shows a rich progress bar; `solver` defaults to `llm1bit.quant.solver.quantize_weight`. With
+    `cache_dir`, each finished layer's codes are saved there, and layers already found there (from an
+    interrupted run with the same settings) are loaded instead of quantized again."""
     import torch
 
     from llm1bit.quant.linear import QuantLinear
@@ -268,41 +273,53 @@ def quantize_model(
             layer_report = LayerReport(index)
             layer.to(device)
             linears = {rel: layer.get_submodule(rel) for rel in stack.linears}
-            hessians: dict[str, list] = {rel: [None, 0] for rel in linears}
-            if needs_hessian:
-                t0 = time.perf_counter()
-                handles = _hessian_hooks(linears, hessians)
-                try:
-                    run_layer(layer, inputs, kwargs, outputs)
-                finally:
-                    for handle in handles:
-                        handle.remove()
-                layer_report.forward_seconds += time.perf_counter() - t0
-            for rel, linear in linears.items():
-                name = f"{stack.layer_name(index)}.{rel}"
+            cache_file = cache_dir / f"layer-{index:04d}.safetensors" if cache_dir else None
+            cached = load_layer_cache(cache_file) if cache_file and cache_file.is_file() else None
+            if cached is not None:  # finished by an interrupted earlier run with the same settings
+                layer_report.resumed = True
+                for rel, (quantized, sub) in cached.items():
+                    _replace(
+                        layer,
+                        rel,
+                        QuantLinear(quantized, linears[rel].bias, linears[rel].weight.dtype, sub.bits),
+                    )
+                    layer_report.sublayers.append(sub)
                 if progress:
-                    progress.update(task, description=f"layer {index + 1}/{len(stack.layers)} {rel}")
-                hessian = None
+                    progress.advance(task, len(cached))
+            else:
+                hessians: dict[str, list] = {rel: [None, 0] for rel in linears}
                 if needs_hessian:
-                    acc, count = hessians.pop(rel)
-                    hessian = (acc / count).to(torch.float32)
-                t0 = time.perf_counter()
-                weight = linear.weight.detach().to(torch.float32)
-                with torch.no_grad():
-                    quantized = _to_cpu(solver(weight, hessian, specs[bits[name]]))
-                seconds = time.perf_counter() - t0
-                del hessian
-                replacement = QuantLinear(quantized, linear.bias, dtype=linear.weight.dtype, bits=bits[name])
-                parent_name, _, child = rel.rpartition(".")
-                setattr(
-                    layer.get_submodule(parent_name) if parent_name else layer, child, replacement.to(device)
-                )
-                layer_report.sublayers.append(
-                    SublayerReport(name, bits[name], tuple(weight.shape), float(quantized.error), seconds)
-                )
-                layer_report.solver_seconds += seconds
-                if progress:
-                    progress.advance(task)
+                    t0 = time.perf_counter()
+                    handles = _hessian_hooks(linears, hessians)
+                    try:
+                        run_layer(layer, inputs, kwargs, outputs)
+                    finally:
+                        for handle in handles:
+                            handle.remove()
+                    layer_report.forward_seconds += time.perf_counter() - t0
+                for rel, linear in linears.items():
+                    name = f"{stack.layer_name(index)}.{rel}"
+                    if progress:
+                        progress.update(task, description=f"layer {index + 1}/{len(stack.layers)} {rel}")
+                    hessian = None
+                    if needs_hessian:
+                        acc, count = hessians.pop(rel)
+                        hessian = (acc / count).to(torch.float32)
+                    t0 = time.perf_counter()
+                    weight = linear.weight.detach().to(torch.float32)
+                    with torch.no_grad():
+                        quantized = _to_cpu(solver(weight, hessian, specs[bits[name]]))
+                    seconds = time.perf_counter() - t0
+                    del hessian
+                    _replace(layer, rel, QuantLinear(quantized, linear.bias, linear.weight.dtype, bits[name]))
+                    layer_report.sublayers.append(
+                        SublayerReport(name, bits[name], tuple(weight.shape), float(quantized.error), seconds)
+                    )
+                    layer_report.solver_seconds += seconds
+                    if progress:
+                        progress.advance(task)
+                if cache_file is not None:
+                    save_layer_cache(cache_file, layer, list(linears), layer_report)
             if needs_hessian:
                 t0 = time.perf_counter()
                 run_layer(layer, inputs, kwargs, outputs)
@@ -315,6 +332,51 @@ def quantize_model(
             progress.stop()
     report.total_seconds = time.perf_counter() - start
     return report
+
+
+def _replace(layer: nn.Module, rel: str, module: nn.Module) -> None:
+    """Put `module` at relative name `rel` inside `layer`, on the layer's device."""
+    parent_name, _, child = rel.rpartition(".")
+    device = next(layer.parameters()).device
+    setattr(layer.get_submodule(parent_name) if parent_name else layer, child, module.to(device))
+
+
+def save_layer_cache(path: Path, layer: nn.Module, rels: list[str], layer_report: LayerReport) -> None:
+    """Packed codes of one finished decoder layer plus its report, written atomically."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from llm1bit.atomic import atomic_path
+    from llm1bit.quant.packing import pack
+
+    tensors: dict[str, torch.Tensor] = {}
+    entries: dict[str, Any] = {}
+    for rel, sub in zip(rels, layer_report.sublayers, strict=True):
+        packed, meta = pack(layer.get_submodule(rel).quantized, sub.bits)
+        tensors.update({f"{rel}.{key}": t for key, t in packed.items()})
+        entries[rel] = {"meta": meta, "report": dataclasses.asdict(sub)}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"llm1bit": json.dumps(entries)})
+
+
+def load_layer_cache(path: Path) -> dict[str, tuple[QuantizedWeight, SublayerReport]]:
+    import json
+
+    from safetensors import safe_open
+
+    from llm1bit.quant.packing import unpack
+
+    with safe_open(str(path), "pt") as f:
+        entries = json.loads(f.metadata()["llm1bit"])
+        tensors = {key: f.get_tensor(key) for key in f.keys()}
+    out = {}
+    for rel, entry in entries.items():
+        own = {key[len(rel) + 1 :]: t for key, t in tensors.items() if key.startswith(f"{rel}.")}
+        report = entry["report"]
+        report["shape"] = tuple(report["shape"])
+        out[rel] = (unpack(own, entry["meta"]), SublayerReport(**report))
+    return out
 
 
 def _progress(console: Console | None):

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from click.testing import CliRunner
 
 from llm1bit.cli import main
@@ -112,16 +113,52 @@ def test_real_subprocess(tmp_path: Path) -> None:
     assert done.returncode != 0 and "Traceback" not in done.stderr and "--wbits 9" in done.stderr
 
 
-def test_interrupted_run_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import llm1bit.quant.packing as packing
+def test_interrupted_write_leaves_no_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import llm1bit.quant.checkpoint as checkpoint
 
-    def crash(*args, **kwargs):
+    def half_write(model, tokenizer, out, *args, **kwargs):
+        (Path(out) / "model.safetensors").write_bytes(b"half")
         raise RuntimeError("interrupted while writing")
 
-    monkeypatch.setattr(packing, "pack", crash)
+    monkeypatch.setattr(checkpoint, "save_quantized", half_write)
     result = invoke("quantize", "--model", STORIES, "--method", "rtn", "-o", str(tmp_path / "x"))
     assert result.exit_code != 0 and isinstance(result.exception, RuntimeError)
-    assert list(tmp_path.iterdir()) == []
+    left = [p.name for p in tmp_path.iterdir()]
+    assert all(".resume-" in name for name in left), left  # only the finished-layer cache stays
+
+
+def test_interrupted_quantization_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Finished layers survive an interruption in a hidden folder; the re-run skips them and matches."""
+    from safetensors.torch import load_file
+
+    import llm1bit.quant.solver as solver
+
+    real = solver.quantize_weight
+    calls = []
+
+    def crash_in_layer_2(weight, hessian, spec):
+        calls.append(1)
+        if len(calls) > 14:  # 7 linears per layer: layers 0 and 1 finish
+            raise KeyboardInterrupt
+        return real(weight, hessian, spec)
+
+    args = ["quantize", "--model", STORIES, "--method", "gptq", "--calib", WIKI_CALIB]
+    args += ["--nsamples", "4", "--seqlen", "64"]
+    monkeypatch.setattr(solver, "quantize_weight", crash_in_layer_2)
+    interrupted = invoke(*args, "-o", str(tmp_path / "a"))
+    assert interrupted.exit_code != 0 and "Aborted" in interrupted.output  # click's answer to Ctrl-C
+    assert not (tmp_path / "a").exists()
+    (cache,) = [p for p in tmp_path.iterdir() if ".resume-" in p.name]
+    assert len(list(cache.glob("layer-*.safetensors"))) == 2
+    monkeypatch.setattr(solver, "quantize_weight", real)
+
+    resumed = invoke(*args, "-o", str(tmp_path / "a"))
+    assert resumed.exit_code == 0, resumed.output
+    assert "resumed 2 finished layer(s)" in resumed.output and not cache.exists()
+    fresh = invoke(*args, "-o", str(tmp_path / "b"))
+    assert fresh.exit_code == 0 and "resumed" not in fresh.output
+    a, b = load_file(tmp_path / "a" / "model.safetensors"), load_file(tmp_path / "b" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.parametrize(
@@ -143,8 +180,6 @@ def test_interrupted_run_leaves_nothing(tmp_path: Path, monkeypatch: pytest.Monk
     ],
 )
 def test_bad_input(tmp_path: Path, args: list[str], match: str) -> None:
-    import torch
-
     if "cuda" in args and torch.cuda.is_available():
         pytest.skip("a CUDA device is present")
     result = invoke("quantize", *args, "-o", str(tmp_path / "out"))
