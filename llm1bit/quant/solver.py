@@ -12,9 +12,12 @@ The quantizers that plug in:
 
 `rtn` and plain `bcq` need no loop (no calibration): they quantize every column independently.
 
-Threads: the large linear algebra (Cholesky factors, the lazy block update) runs in torch, so
-`torch.set_num_threads` governs it; everything else is small numpy work on one core. On a shared
-or oversubscribed machine one thread is much faster than two (measured 3-20x on the lazy update).
+Threads: the solver is a sequential column loop of small numpy steps; its few large operations
+(Cholesky factors, the lazy block update, the rotations) run in torch, and `solve` runs them with
+one torch thread, restoring the caller's setting afterwards. Measured on 2 shared cores: with 2
+torch threads a SmolLM2 layer took 20 s instead of 2 s, because the pool's workers keep spinning
+between the large operations and take the core the column loop needs; the large operations are
+only ~10 % of the time, so one thread loses almost nothing on an idle machine.
 
 Numerics: the column loop and BCQ are float32 like the reference. The Hessian is handled in
 float64: the GPTQ fix-up (dead columns, damping), the act-order scores and the inverse-Cholesky
@@ -53,8 +56,8 @@ def gptq_loop(
 
     u is the upper Cholesky factor of H^-1 (K, K) float32, in the same (act-)order as wt. Blocks of
     about `blocksize` columns never split a slab. The in-block update skips column i itself (the
-    reference also subtracts from it, which changes nothing that is read later). Returns the quantized columns qt (K, N) and the
-    summed loss sum (w - q)^2 / d^2 / 2."""
+    reference also subtracts from it, which changes nothing that is read later). Returns the
+    quantized columns qt (K, N) and the summed loss sum (w - q)^2 / d^2 / 2."""
     import torch
 
     k, n = wt.shape
@@ -136,8 +139,9 @@ class BlockScales:
     """Lat (§3.6): at the first column of each 8-column slab, fit BCQ + APoT scales on the current slab
     (groups of `row_block` rows x the slab's columns, flattened row-major); every column of the slab
     then gets nearest-level codes for those fixed scales. As in the reference, the scales see the
-    error feedback of earlier slabs but not that of the slab's own columns (spec §9.3). A slab narrower than 8 (K % 8) and a row
-    block shorter than `row_block` (N % row_block) are fit on the entries they have."""
+    error feedback of earlier slabs but not that of the slab's own columns (spec §9.3). A slab
+    narrower than 8 (K % 8) and a row block shorter than `row_block` (N % row_block) are fit on the
+    entries they have (no zero padding enters a fit)."""
 
     width = LAT_COLS
 
@@ -287,6 +291,17 @@ def quantize_weight(weight, hessian, spec: QuantSpec) -> QuantizedWeight:
 def solve(weight, hessian, spec: QuantSpec):
     """`quantize_weight`, also returning the solver's own quantized matrix (torch float32 (N, K), original column
     order, in the basis the codes live in), which `result.codes.dequantize()` reproduces bit for bit."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _solve(weight, hessian, spec)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _solve(weight, hessian, spec: QuantSpec):
     import torch
 
     from llm1bit.quant.uniform import UniformColumns, rtn

@@ -233,3 +233,14 @@ def test_butterfly_factors() -> None:
     assert butterfly_factors(172) == (86, 2)
     assert butterfly_factors(97) == (97, 1)
     assert butterfly_factors(1) == (1, 1)
+
+
+def test_caller_thread_setting_is_restored(make_layer) -> None:
+    w, h, _ = make_layer(16, 16, tokens=64)
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        quantize_weight(w, h, QuantSpec(wbits=2, mode="lat"))
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
