@@ -17,6 +17,10 @@ Deviations from the reference, each deliberate:
 * Seeded: everything is drawn from `numpy.random.default_rng(seed)`, U first, then V (the
   reference draws from unseeded global RNGs, so its acc runs are not reproducible). `undo_incoherence`
   regenerates U and V from the seed and the shape, so a stored result needs only (seed, s).
+* Dead inputs (H_jj == 0) are zeroed by the solver *before* this rescale (spec order: after the
+  rotation, where nothing is dead any more). In the reference order a dead input gets a tiny s_j
+  and the undo multiplies its column's quantization noise by 1/s_j: on a test layer its weights
+  came back as large as 2.8 (typical |w| 0.016); zeroed first they stay below 0.005.
 * No FP16 rounding between the steps: the reference casts W to the layer dtype (FP16) after the
   rescale, the rotation and each undo step because it writes into the layer; here the transforms
   run in float64 and the solver gets float32. The rescale s is rounded to float32 first (that is

@@ -230,13 +230,18 @@ def plain_bcq(w: np.ndarray, q: int, groupsize: int, rounds: int) -> BinaryCodes
     )
 
 
-def gptq_fixup(w: np.ndarray, h: np.ndarray, percdamp: float) -> np.ndarray:
-    """Dead inputs (H_jj == 0): H_jj = 1 and W[:, j] = 0 (in place); then H += percdamp * mean(diag H) * I (in place).
-
-    Returns the diagonal before damping (the act-order score)."""
+def zero_dead_inputs(w: np.ndarray, h: np.ndarray) -> None:
+    """Dead inputs (H_jj == 0, never active in calibration): H_jj = 1 and W[:, j] = 0, in place."""
     dead = np.diag(h) == 0
     h[dead, dead] = 1.0
     w[:, dead] = 0.0
+
+
+def gptq_fixup(w: np.ndarray, h: np.ndarray, percdamp: float) -> np.ndarray:
+    """`zero_dead_inputs`, then H += percdamp * mean(diag H) * I (in place).
+
+    Returns the diagonal before damping (the act-order score)."""
+    zero_dead_inputs(w, h)
     diag = np.diag(h).copy()
     h[np.diag_indices_from(h)] += percdamp * diag.mean()
     return diag
@@ -336,6 +341,10 @@ def _solve(weight, hessian, spec: QuantSpec):
     if spec.method == "shiftaddllm" and not lat and spec.incoherence:
         from llm1bit.quant.incoherence import incoherence_preprocess
 
+        # Deviation: the reference rescales first, where a dead input gets s_j = (1e-8/|w_j|^2)^(1/4), and its
+        # fix-up after the rotation finds nothing dead; undoing then multiplies that column's quantization noise
+        # by 1/s_j (about 30x). Zeroing dead inputs first, as GPTQ does, leaves them (nearly) zero instead.
+        zero_dead_inputs(w, h)
         w, h, incoherence = incoherence_preprocess(w, h, spec.seed)
     diag = gptq_fixup(w, h, spec.percdamp)
     perm, slabs = block_order(diag, spec.act_order) if lat else column_order(diag, spec.act_order)
