@@ -127,17 +127,17 @@ def assign(x: np.ndarray, a: np.ndarray, table: LevelTable | None = None) -> tup
         order = lv.argsort(kind="stable")
         values = lv[order]
         idx = ((values[:-1] + values[1:]) * np.float32(0.5)).searchsorted(x[0], side="right")
-        return _sign_table_t(q)[:, order[idx]][:, None, :], values[idx][None, :]
+        return code_table(q)[:, order[idx]][:, None, :], values[idx][None, :]
     table = table or LevelTable.build(a)
     idx = table.index(x)
     rows = np.arange(x.shape[0])[:, None]
-    codes = _sign_table_t(q)[:, table.order[rows, idx]]
+    codes = code_table(q)[:, table.order[rows, idx]]
     return codes, table.values[rows, idx]
 
 
 @lru_cache(maxsize=8)
-def _sign_table_t(q: int) -> np.ndarray:
-    """sign_table(q) as int8 (q, 2**q)."""
+def code_table(q: int) -> np.ndarray:
+    """sign_table(q) transposed, as int8 (q, 2**q): column l holds the codes of sign vector l."""
     table = np.ascontiguousarray(sign_table(q).T.astype(np.int8))
     table.setflags(write=False)
     return table

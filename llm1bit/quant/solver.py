@@ -32,7 +32,7 @@ from typing import Protocol
 import numpy as np
 
 from llm1bit.errors import UserError
-from llm1bit.quant.bcq import LevelTable, assign, bcq_fit, group_rows, sign_table
+from llm1bit.quant.bcq import LevelTable, assign, bcq_fit, code_table, group_rows
 from llm1bit.quant.config import QuantSpec
 from llm1bit.quant.result import BinaryCodes, QuantizedWeight
 
@@ -178,7 +178,7 @@ class BlockScales:
     def column(self, w: np.ndarray, j: int) -> np.ndarray:
         t = self.table
         idx = t.index(w, group=self.group_of_row)
-        self.codes[j] = sign_table(self.q)[t.order[self.group_of_row, idx]].T
+        self.codes[j] = code_table(self.q)[:, t.order[self.group_of_row, idx]]
         return t.values[self.group_of_row, idx]
 
     def result(self, perm: np.ndarray) -> BinaryCodes:
