@@ -109,6 +109,9 @@ def save_quantized(
     if not modules:
         raise ValueError("the model has no quantized layers to save")
     save_file(tensors, str(out / WEIGHTS_NAME), metadata={"format": "pt", "llm1bit_version": __version__})
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(out / WEIGHTS_NAME, 0o666 & ~umask)  # like the other files, not owner-only
 
     qconfig = build_quantization_config(model, spec_dict, modules, extra or {})
     config = model.config.to_dict()
