@@ -50,3 +50,35 @@ figures: install
 
 $(FIGURE_NAMES): install
 	$(LLM1BIT) figures --only $@ --backend $(BACKEND) --out figures
+
+# Mixed-bit allocation figures (`llm1bit bits --figures`): figures/sal_fig4|5|7-<model>.png, .pdf and .csv.
+# SAL_MODEL=stories260K (default, seconds) or SAL_MODEL=smollm2 (SmolLM2-135M GGUF, a few minutes).
+SAL_MODEL  ?= stories260K
+SAL_DATA   ?= ../shared/data
+SAL_BUDGET ?= 2.2
+SMOLLM2_GGUF := .cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+ifeq ($(SAL_MODEL),smollm2)
+SAL_DEPS := $(SMOLLM2_GGUF)
+SAL_ARGS := --model $(SMOLLM2_GGUF) --calib $(SAL_DATA)/wikitext-2/valid.tokenized.txt --nsamples 16 --seqlen 512
+else
+SAL_DEPS :=
+SAL_ARGS := --model $(SAL_DATA)/models/stories260K --calib $(SAL_DATA)/tinystories/valid-head.txt --nsamples 16 --seqlen 256
+endif
+SAL_FIGURES := sal_fig4 sal_fig5 sal_fig7
+.PHONY: sal_figures $(SAL_FIGURES) bench-bits
+
+sal_figures: install $(SAL_DEPS)
+	mkdir -p figures
+	$(LLM1BIT) bits $(SAL_ARGS) --budget $(SAL_BUDGET) --figures figures
+
+$(SAL_FIGURES): install $(SAL_DEPS)
+	mkdir -p figures
+	$(LLM1BIT) bits $(SAL_ARGS) --budget $(SAL_BUDGET) --figures figures --only $@
+
+$(SMOLLM2_GGUF):
+	$(BIN)/python -c "import sys; sys.path.insert(0, 'scripts'); from pathlib import Path; \
+	from bench_quantize import fetch_gguf; fetch_gguf(Path('.cache/smollm2'))"
+
+# SmolLM2: Kendall tau, ILP vs rank rule, perplexity of uniform / mixed allocations, ILP solve time (~1 h on 2 cores).
+bench-bits: install
+	$(BIN)/python scripts/bench_bits.py --nsamples 16 --seqlen 512 --eval-windows 20 --figures figures

@@ -21,6 +21,7 @@ COMMANDS: dict[str, str] = {
     "figures": "llm1bit.commands.figures:figures",
     "quantize": "llm1bit.commands.quantize:quantize",
     "eval": "llm1bit.commands.evaluate:evaluate",
+    "bits": "llm1bit.commands.bits:bits",
 }
 
 

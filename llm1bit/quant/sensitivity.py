@@ -1,0 +1,206 @@
+"""Per-layer sensitivity for mixed-bit allocation (design §6.1): the criterion and measured errors.
+
+`walk_fp_model` runs the calibration windows through the *unquantized* model layer by layer (the
+catcher and per-layer forwards of `llm1bit.quant.pipeline`, with no quantization in between) and
+yields every decoder linear with its Hessian H = sum_s X_s^T X_s / n (float64).
+
+`criterion` is the reference's score S_l = ||Z||_F * std(Z)^2 with Z = W / d (column j divided by
+d_j), d = diag(chol(H^-1) upper) after the GPTQ fix-up (dead inputs, 1 % damping), all in float64,
+no incoherence processing. The division of H by n only rescales every layer's d by the same factor,
+so the ranking is that of the reference (which does not divide).
+
+`measure_layers` computes the criterion of every linear and, for the layers asked for, the true
+reparameterization error at each candidate width: `QuantizedWeight.error` of `quantize_weight`
+(the solver's summed GPTQ loss sum (w - q)^2 / d^2 / 2, an estimate of the layer's output error
+1/2 tr((W - Q) H (W - Q)^T)), measured with the FP model's Hessians (not the sequentially
+quantized inputs of a real run)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from llm1bit.errors import UserError
+from llm1bit.quant.config import QuantSpec
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+
+@dataclass
+class LinearInfo:
+    """One decoder linear of the FP model with its calibration Hessian."""
+
+    name: str  # full module name, as `quantize --bits-config` expects
+    block: int  # decoder layer index
+    sublayer: str  # relative name inside the decoder layer, e.g. "self_attn.q_proj"
+    weight: torch.Tensor  # (N, K) float32
+    hessian: torch.Tensor  # (K, K) float64, sum X^T X / n_samples
+
+
+@dataclass
+class LayerSensitivity:
+    name: str
+    block: int
+    sublayer: str
+    shape: tuple[int, int]
+    criterion: float
+    errors: dict[int, float] = field(default_factory=dict)  # bits -> measured error (measured layers only)
+
+    @property
+    def params(self) -> int:
+        return self.shape[0] * self.shape[1]
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "block": self.block,
+            "sublayer": self.sublayer,
+            "shape": list(self.shape),
+            "params": self.params,
+            "criterion": self.criterion,
+            "measured_errors": {str(b): e for b, e in sorted(self.errors.items())},
+        }
+
+
+def criterion(weight, hessian, percdamp: float = 0.01) -> float:
+    """S = ||Z||_F * std(Z)^2, Z = W / d, d = diag(chol(H^-1) upper) after the GPTQ fix-up, float64."""
+    import torch
+
+    from llm1bit.quant.solver import gptq_fixup
+
+    w = torch.as_tensor(weight).detach().to("cpu", torch.float64).numpy().copy()
+    h = torch.as_tensor(hessian).detach().to("cpu", torch.float64).numpy().copy()
+    gptq_fixup(w, h, percdamp)  # dead inputs: H_jj = 1, W[:, j] = 0; then the damping
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small factorizations: pool workers only spin (see llm1bit.quant.solver)
+    try:
+        lower = torch.linalg.cholesky(torch.from_numpy(h))
+        upper = torch.linalg.cholesky(torch.cholesky_inverse(lower), upper=True)
+    except RuntimeError as exc:  # torch.linalg.LinAlgError is a RuntimeError
+        raise UserError(f"a Hessian is not positive definite even after damping ({exc})") from exc
+    finally:
+        torch.set_num_threads(threads)
+    d = torch.diagonal(upper).numpy()
+    z = w / d[None, :]
+    return float(np.linalg.norm(z) * np.var(z, ddof=1))
+
+
+def walk_fp_model(model: nn.Module, windows: torch.Tensor, device: str = "cpu") -> Iterator[LinearInfo]:
+    """Every decoder linear of the FP model, layer by layer, with its Hessian from `windows` (n, seqlen).
+
+    One forward per decoder layer gives both the Hessians (hooks) and the next layer's inputs."""
+    import torch
+
+    from llm1bit.quant.models import find_decoder_stack
+    from llm1bit.quant.pipeline import _hessian_hooks, capture_inputs, check_device, run_layer
+
+    device = check_device(device)
+    stack = find_decoder_stack(model)
+    model.eval()
+    inputs, kwargs = capture_inputs(model, stack, windows, device)
+    outputs = torch.empty_like(inputs)
+    for index, layer in enumerate(stack.layers):
+        layer.to(device)
+        linears = {rel: layer.get_submodule(rel) for rel in stack.linears}
+        hessians: dict[str, list] = {rel: [None, 0] for rel in linears}
+        handles = _hessian_hooks(linears, hessians)
+        try:
+            run_layer(layer, inputs, kwargs, outputs)
+        finally:
+            for handle in handles:
+                handle.remove()
+        inputs, outputs = outputs, inputs
+        layer.to("cpu")
+        for rel, linear in linears.items():
+            acc, count = hessians.pop(rel)
+            yield LinearInfo(
+                name=f"{stack.layer_name(index)}.{rel}",
+                block=index,
+                sublayer=rel,
+                weight=linear.weight.detach().to("cpu", torch.float32),
+                hessian=(acc / count).cpu(),
+            )
+
+
+def measure_error(weight, hessian, spec: QuantSpec) -> float:
+    """The solver's summed GPTQ loss of quantizing `weight` with `spec` (H passed as float32, as the pipeline does)."""
+    import torch
+
+    from llm1bit.quant.solver import quantize_weight
+
+    with torch.no_grad():
+        return float(quantize_weight(weight, hessian.to(torch.float32), spec).error)
+
+
+def measure_layers(
+    model: nn.Module,
+    windows: torch.Tensor,
+    spec: QuantSpec,
+    candidates: Sequence[int],
+    measure: Callable[[int, LinearInfo], bool] | bool = True,
+    device: str = "cpu",
+    progress: Callable[[str], None] | None = None,
+) -> tuple[list[LayerSensitivity], dict[str, float]]:
+    """Criterion of every decoder linear, and measured errors at each candidate width for the layers where
+    `measure(position, info)` is true (all layers for True, none for False). Returns the layers and timings."""
+    specs = {b: spec.with_bits(b) for b in candidates}
+    layers: list[LayerSensitivity] = []
+    timings = {"walk_seconds": 0.0, "criterion_seconds": 0.0, "measure_seconds": 0.0}
+    start = time.perf_counter()
+    t_inner = 0.0
+    for position, info in enumerate(walk_fp_model(model, windows, device)):
+        t0 = time.perf_counter()
+        layer = LayerSensitivity(
+            info.name,
+            info.block,
+            info.sublayer,
+            tuple(info.weight.shape),
+            criterion(info.weight, info.hessian),
+        )
+        t1 = time.perf_counter()
+        timings["criterion_seconds"] += t1 - t0
+        wanted = measure(position, info) if callable(measure) else measure
+        if wanted:
+            if progress:
+                progress(f"measuring {info.name}")
+            for b, s in specs.items():
+                layer.errors[b] = measure_error(info.weight, info.hessian, s)
+        timings["measure_seconds"] += time.perf_counter() - t1
+        t_inner += time.perf_counter() - t0
+        layers.append(layer)
+    timings["walk_seconds"] = time.perf_counter() - start - t_inner
+    return layers, timings
+
+
+def measured_positions(total: int, count: int | None) -> set[int]:
+    """`count` layer positions spread evenly over 0..total-1 (both ends included); all for None or >= total."""
+    if count is None or count >= total:
+        return set(range(total))
+    if count < 1:
+        return set()
+    return {int(round(p)) for p in np.linspace(0, total - 1, count)}
+
+
+def kendall_taus(layers: Sequence[LayerSensitivity], per_param: bool = False) -> dict[int, dict[str, float]]:
+    """Kendall tau-b (scipy) between the criterion and the measured error at each width, over the measured
+    layers; with `per_param`, the error divided by the layer's parameter count. {bits: {tau, pvalue, layers}}."""
+    from scipy.stats import kendalltau
+
+    widths = sorted({b for layer in layers for b in layer.errors})
+    out = {}
+    for b in widths:
+        rows = [layer for layer in layers if b in layer.errors]
+        crit = [layer.criterion for layer in rows]
+        err = [layer.errors[b] / (layer.params if per_param else 1) for layer in rows]
+        if len(rows) < 2:
+            out[b] = {"tau": float("nan"), "pvalue": float("nan"), "layers": len(rows)}
+            continue
+        result = kendalltau(crit, err)
+        out[b] = {"tau": float(result.statistic), "pvalue": float(result.pvalue), "layers": len(rows)}
+    return out
