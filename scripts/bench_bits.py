@@ -162,10 +162,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"analysis in {time.perf_counter() - t0:.1f} s: {result.timings}", flush=True)
     report["kendall_tau"] = {str(b): t for b, t in result.taus.items()}
     report["kendall_tau_per_param"] = {str(b): t for b, t in result.taus_per_param.items()}
+    report["kendall_tau_refined"] = {str(b): t for b, t in result.taus_refined.items()}
     report["fits"] = {str(b): f.to_dict() for b, f in result.fits.items()}
     report["analysis_timings"] = result.timings
     for b, t in result.taus.items():
-        print(f"tau {b} bits: {t['tau']:.4f} (per param {result.taus_per_param[b]['tau']:.4f})", flush=True)
+        print(
+            f"tau {b} bits: {t['tau']:.4f} (per param {result.taus_per_param[b]['tau']:.4f}, "
+            f"refined {result.taus_refined[b]['tau']:.4f})",
+            flush=True,
+        )
 
     settings = {
         "model": str(gguf), "calib": str(args.calib), "nsamples": args.nsamples, "seqlen": args.seqlen,
@@ -250,14 +255,15 @@ def write_report(args: argparse.Namespace, report: dict) -> None:
         "",
         f"Analysis and quantization: shiftaddllm {s['mode']}, bcq rounds {s['bcq_rounds']}, calibration "
         f"{s['nsamples']} x {s['seqlen']} tokens of {Path(s['calib']).name} (seed {s['seed']}); candidates "
-        f"{s['candidates']}, budget {s['budget']}, fit log(err) = poly{s['fit_degree']}(log S). Perplexity: first "
+        f"{s['candidates']}, budget {s['budget']}, fit log(err) = poly{s['fit_degree']}(log S) + g log(params). Perplexity: first "
         f"{s['eval_windows']} non-overlapping {s['eval_seqlen']}-token windows of {Path(s['eval']).name}. "
         f"Measured error = QuantizedWeight.error (summed GPTQ loss) with FP-model Hessians. {s['date']}, "
         f"torch threads {s['torch_threads']}.",
         "",
         "Kendall tau (criterion vs measured error, all layers): "
         + "; ".join(
-            f"{b} bits {t['tau']:.4f} (error per parameter {report['kendall_tau_per_param'][b]['tau']:.4f})"
+            f"{b} bits {t['tau']:.4f} (error per parameter {report['kendall_tau_per_param'][b]['tau']:.4f}; "
+            f"refined prediction vs error {report['kendall_tau_refined'][b]['tau']:.4f})"
             for b, t in report.get("kendall_tau", {}).items()
         ),
         "",

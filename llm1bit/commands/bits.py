@@ -35,6 +35,7 @@ class BitsResult:
     allocation: Any = None  # Allocation or None
     taus: dict | None = None  # bits -> {tau, pvalue, layers}
     taus_per_param: dict | None = None
+    taus_refined: dict | None = None  # tau of the fitted (refined) prediction vs the measured error
     timings: dict = field(default_factory=dict)
 
 
@@ -51,6 +52,7 @@ def analyse(
     record_errors: bool,
     device: str = "cpu",
     progress=None,
+    fit_size: bool = True,
 ) -> BitsResult:
     """Criterion + measured errors (FP model), per-width fits, allocation, Kendall tau."""
     from llm1bit.quant.allocation import allocate, check_pins, fit_errors, predicted_costs
@@ -67,7 +69,11 @@ def analyse(
     measured = [layer for layer in layers if layer.errors]
     for b in candidates:
         result.fits[b] = fit_errors(
-            [layer.criterion for layer in measured], [layer.errors[b] for layer in measured], b, fit_degree
+            [layer.criterion for layer in measured],
+            [layer.errors[b] for layer in measured],
+            b,
+            fit_degree,
+            [layer.params for layer in measured] if fit_size else None,
         )
     result.costs = predicted_costs(
         [layer.name for layer in layers],
@@ -81,6 +87,13 @@ def analyse(
     if record_errors:
         result.taus = kendall_taus(layers)
         result.taus_per_param = kendall_taus(layers, per_param=True)
+        predicted = {
+            layer.name: {
+                b: float(fit.predict(layer.criterion, layer.params)) for b, fit in result.fits.items()
+            }
+            for layer in layers
+        }
+        result.taus_refined = kendall_taus(layers, predicted=predicted)
     return result
 
 
@@ -106,6 +119,7 @@ def result_json(result: BitsResult, budget: float | None, settings: dict) -> dic
     if result.taus is not None:
         out["kendall_tau"] = {str(b): t for b, t in result.taus.items()}
         out["kendall_tau_per_param"] = {str(b): t for b, t in result.taus_per_param.items()}
+        out["kendall_tau_refined"] = {str(b): t for b, t in result.taus_refined.items()}
     costs = {c.name: c for c in result.costs}
     out["sublayers"] = [
         {
@@ -142,6 +156,12 @@ def result_json(result: BitsResult, budget: float | None, settings: dict) -> dic
     "--fit-degree", type=int, default=1, show_default=True, help="Degree of log(err) = poly(log S) per width."
 )
 @click.option(
+    "--fit-size/--no-fit-size",
+    default=True,
+    show_default=True,
+    help="Add a log(parameter count) term to the fit.",
+)
+@click.option(
     "--fit-layers", type=int, help="Measure errors of only N layers, spread evenly (default: all layers)."
 )
 @click.option(
@@ -172,6 +192,7 @@ def bits(
     apot_terms: int,
     no_incoherence: bool,
     fit_degree: int,
+    fit_size: bool,
     fit_layers: int | None,
     fix_file: str | None,
     record_errors: bool,
@@ -261,6 +282,7 @@ def bits(
             record_errors or bool({"sal_fig4", "sal_fig5"} & set(figures)),
             device=device,
             progress=lambda text: status.update(text),
+            fit_size=fit_size,
         )
     result.timings["load_seconds"] = load_seconds
     settings = {
@@ -279,6 +301,7 @@ def bits(
         "apot_terms": apot_terms,
         "incoherence": spec.incoherence if mode == "acc" else False,
         "fit_degree": fit_degree,
+        "fit_size": fit_size,
         "fit_layers": sum(1 for layer in result.layers if layer.errors),
         "pinned": pins or {},
         "device": device,
@@ -330,17 +353,19 @@ def _print_summary(result: BitsResult, budget: float | None) -> None:
     )
     for b, fit in result.fits.items():
         coeffs = ", ".join(f"{c:.4g}" for c in fit.coeffs)
+        size = "" if fit.size_coeff is None else f" + {fit.size_coeff:.4g} log(params)"
         click.echo(
-            f"fit {b} bits: log(err) = poly(log S), coeffs [{coeffs}] (highest power first), "
+            f"fit {b} bits: log(err) = poly(log S){size}, poly coeffs [{coeffs}] (highest power first), "
             f"rms {fit.rms:.3f} over {fit.points} layers"
         )
     if result.taus is not None:
         parts = [
-            f"{b} bits {t['tau']:.3f} (per parameter {result.taus_per_param[b]['tau']:.3f})"
+            f"{b} bits {t['tau']:.3f} (per parameter {result.taus_per_param[b]['tau']:.3f}, "
+            f"refined prediction {result.taus_refined[b]['tau']:.3f})"
             for b, t in result.taus.items()
         ]
         n = next(iter(result.taus.values()))["layers"] if result.taus else 0
-        click.echo(f"kendall tau, criterion vs measured error over {n} layers: " + "; ".join(parts))
+        click.echo(f"kendall tau, criterion S vs measured error over {n} layers: " + "; ".join(parts))
     alloc = result.allocation
     if alloc is not None:
         counts: dict[int, int] = {}

@@ -2,8 +2,9 @@
 
     sal_fig4  measured error per decoder block, one line per sublayer (Q/K/V/out/fc1/fc2 or
               q/k/v/o/gate/up/down), one panel per candidate width
-    sal_fig5  criterion S vs measured error (log-log) per width, with the fitted curves; Kendall tau
-              per width in the title, computed from the plotted points
+    sal_fig5  criterion S vs measured error (log-log) per width, and the fit's prediction (the refined
+              criterion) vs measured error; Kendall tau of both per width in the title, computed
+              from the plotted points
     sal_fig7  the chosen allocation as a block x sublayer grid
 
 Each figure is written as `<DIR>/<name>-<model tag>.png` and `.pdf`, with `.csv` of the plotted numbers."""
@@ -102,42 +103,69 @@ def fig5(result, out: Path, tag: str, settings: dict) -> list[Path]:
 
     layers = result.layers
     widths = sorted({b for layer in layers for b in layer.errors})
-    fig = new_figure(5.2, 4.2)
-    ax = fig.subplots()
-    rows, taus = [], []
+    fig = new_figure(9.6, 4.4)
+    ax, ax2 = fig.subplots(1, 2)
+    rows, taus, taus_refined = [], [], []
+    lo, hi = np.inf, -np.inf
     for i, b in enumerate(widths):
         pts = [layer for layer in layers if b in layer.errors]
         crit = np.array([layer.criterion for layer in pts])
+        params = np.array([layer.params for layer in pts])
         err = np.array([layer.errors[b] for layer in pts])
+        fit = result.fits.get(b)
+        pred = fit.predict(crit, params) if fit is not None else np.full_like(crit, np.nan)
         tau = float(kendalltau(crit, err).statistic) if len(pts) > 1 else float("nan")
-        taus.append(f"{b}-bit τ={tau:.3f}")
+        tau_r = float(kendalltau(pred, err).statistic) if len(pts) > 1 and fit is not None else float("nan")
+        taus.append(f"{b}-bit {tau:.3f}")
+        taus_refined.append(f"{b}-bit {tau_r:.3f}")
         color = COLORS[i % len(COLORS)]
         ax.scatter(crit, err, s=10, color=color, label=f"{b}-bit (τ={tau:.3f})")
-        fit = result.fits.get(b)
-        pred = fit.predict(crit) if fit is not None else np.full_like(crit, np.nan)
-        if fit is not None and len(crit):
+        if fit is not None and fit.size_coeff is None and len(crit):
             xs = np.geomspace(max(crit.min(), 1e-30), max(crit.max(), 1e-30), 100)
             ax.plot(xs, fit.predict(xs), color=color, lw=1)
+        ax2.scatter(pred, err, s=10, color=color, label=f"{b}-bit (τ={tau_r:.3f})")
+        if len(pts):
+            lo, hi = min(lo, pred.min(), err.min()), max(hi, pred.max(), err.max())
         for layer, p in zip(pts, pred, strict=True):
             rows.append(
                 {
                     "name": layer.name,
                     "bits": b,
+                    "params": layer.params,
                     "criterion": _fmt(layer.criterion),
                     "error": _fmt(layer.errors[b]),
                     "predicted": _fmt(p),
                     "kendall_tau": _fmt(tau),
+                    "kendall_tau_refined": _fmt(tau_r),
                 }
             )
-    ax.set_xscale("log")
-    ax.set_yscale("log")
+    for a in (ax, ax2):
+        a.set_xscale("log")
+        a.set_yscale("log")
+        a.set_ylabel("measured error (solver loss)")
+        a.legend(fontsize=8)
+        a.grid(True, which="major", alpha=0.3)
     ax.set_xlabel("criterion S = ‖W⊘d‖_F · std(W⊘d)²")
-    ax.set_ylabel("measured error (solver loss)")
-    ax.legend(fontsize=8)
-    ax.grid(True, which="major", alpha=0.3)
-    title = f"{tag}: criterion vs error, Kendall " + ", ".join(taus)
-    ax.set_title(title, fontsize=9)
-    columns = ["name", "bits", "criterion", "error", "predicted", "kendall_tau"]
+    ax.set_title("criterion S (Kendall τ of S)", fontsize=9)
+    if np.isfinite(lo) and lo > 0:
+        ax2.plot([lo, hi], [lo, hi], color="grey", lw=0.8, ls="--")
+    ax2.set_xlabel("predicted error (per-width fit)")
+    ax2.set_title("refined criterion: the fit's prediction", fontsize=9)
+    title = (
+        f"{tag}: Kendall τ, criterion vs measured error: {', '.join(taus)}; "
+        f"refined prediction: {', '.join(taus_refined)}"
+    )
+    fig.suptitle(title, fontsize=9)
+    columns = [
+        "name",
+        "bits",
+        "params",
+        "criterion",
+        "error",
+        "predicted",
+        "kendall_tau",
+        "kendall_tau_refined",
+    ]
     return write_outputs(
         fig, out, f"sal_fig5-{tag}", rows_to_csv(rows, columns), title, _settings_text(settings)
     )

@@ -187,16 +187,22 @@ def measured_positions(total: int, count: int | None) -> set[int]:
     return {int(round(p)) for p in np.linspace(0, total - 1, count)}
 
 
-def kendall_taus(layers: Sequence[LayerSensitivity], per_param: bool = False) -> dict[int, dict[str, float]]:
+def kendall_taus(
+    layers: Sequence[LayerSensitivity],
+    per_param: bool = False,
+    predicted: dict[str, dict[int, float]] | None = None,
+) -> dict[int, dict[str, float]]:
     """Kendall tau-b (scipy) between the criterion and the measured error at each width, over the measured
-    layers; with `per_param`, the error divided by the layer's parameter count. {bits: {tau, pvalue, layers}}."""
+    layers; with `per_param`, the error divided by the layer's parameter count; with `predicted`
+    ({name: {bits: predicted error}}), that width's predicted error instead of the criterion.
+    {bits: {tau, pvalue, layers}}."""
     from scipy.stats import kendalltau
 
     widths = sorted({b for layer in layers for b in layer.errors})
     out = {}
     for b in widths:
         rows = [layer for layer in layers if b in layer.errors]
-        crit = [layer.criterion for layer in rows]
+        crit = [predicted[layer.name][b] if predicted else layer.criterion for layer in rows]
         err = [layer.errors[b] / (layer.params if per_param else 1) for layer in rows]
         if len(rows) < 2:
             out[b] = {"tau": float("nan"), "pvalue": float("nan"), "layers": len(rows)}

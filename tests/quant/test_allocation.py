@@ -178,6 +178,16 @@ def test_fit_recovers_a_power_law_and_continues_linearly() -> None:
     assert np.log(quad.predict(np.exp(np.array([0.5, 2.0, -1.0])))) == pytest.approx([0.25, 3.0, 0.0])
     with pytest.raises(UserError, match="needs at least 3"):
         fit_errors([1.0, 2.0], [1.0, 2.0], bits=2, degree=2)
+    # with the size term: err = 2 S^0.7 n^0.6
+    rng = np.random.default_rng(0)
+    s2, n2 = np.geomspace(0.1, 1e4, 30), rng.choice([1e4, 1e5, 4e5], 30)
+    sized = fit_errors(s2, 2.0 * s2**0.7 * n2**0.6, bits=2, degree=1, params=n2)
+    assert sized.coeffs == pytest.approx((0.7, math.log(2.0))) and sized.size_coeff == pytest.approx(0.6)
+    assert sized.predict(10.0, 1e5) == pytest.approx(2.0 * 10**0.7 * 1e5**0.6)
+    with pytest.raises(UserError, match="size term"):
+        fit_errors(
+            s2, s2, bits=2, degree=1, params=np.full(30, 7.0)
+        )  # one size: the term is not identifiable
     costs = predicted_costs(["a", "b"], [1, 2], [1.0, 10.0], {2: fit, 3: fit}, pinned={"b": 3})
     assert set(costs[0].costs) == {2, 3} and set(costs[1].costs) == {3}
     assert costs[0].costs[2] == pytest.approx(5.0)

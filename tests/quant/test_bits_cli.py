@@ -88,8 +88,10 @@ def test_record_errors_reports_tau(recorded) -> None:
     for name in ("sal_fig4", "sal_fig5", "sal_fig7"):
         assert (figs / f"{name}-stories260K.png").stat().st_size > 0
         assert (figs / f"{name}-stories260K.csv").read_text().count("\n") >= 36
-    title_tau = (figs / "sal_fig5-stories260K.csv").read_text().splitlines()[1].split(",")[-1]
-    assert float(title_tau) == pytest.approx(data["kendall_tau"]["2"]["tau"])
+    first = (figs / "sal_fig5-stories260K.csv").read_text().splitlines()[1].split(",")
+    assert float(first[-2]) == pytest.approx(data["kendall_tau"]["2"]["tau"])
+    assert float(first[-1]) == pytest.approx(data["kendall_tau_refined"]["2"]["tau"])
+    assert data["fits"]["2"]["size_coeff"] is not None and data["settings"]["fit_size"] is True
 
 
 def test_quantize_accepts_the_allocation(recorded) -> None:
