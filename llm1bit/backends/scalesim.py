@@ -85,12 +85,12 @@ def check_exact(m: int, n: int, k: int, hw: Hardware) -> None:
         raise UserError(
             f"GEMM M={m} N={n} K={k} on {hw.name} ({hw.dataflow}): its {outputs} output writes overflow half the "
             f"output SRAM ({hw.ofmap_sram_kb} kB), where SCALE-Sim's DRAM write count picks up line padding; "
-            "the exact composition does not cover it"
+            "the exact composition does not cover it; use --backend analytic (exact there too)"
         )
     for operand, size, sram_kb, is_reread in reread:
         if is_reread and size >= _window_elems(sram_kb):
             raise UserError(
                 f"GEMM M={m} N={n} K={k} on {hw.name} ({hw.dataflow}): the {operand} operand ({size} words) is "
                 f"re-read by later folds and outgrows SCALE-Sim's buffer window ({_window_elems(sram_kb)} words); "
-                "the exact composition does not cover it"
+                "the exact composition does not cover it; use --backend analytic (exact there too)"
             )
