@@ -136,7 +136,8 @@ def test_hessian_from_captured_inputs_and_bits_config(calib: torch.Tensor) -> No
     bits = {"model.layers.0.self_attn.q_proj": 2, "model.layers.4.mlp.down_proj": 4}
     quantize_model(model, QuantSpec(method="gptq", wbits=3), calib, bits_config=bits, solver=spy)
     assert len(calls) == 35
-    assert torch.allclose(calls[0][1], expected.float(), rtol=1e-5, atol=1e-6)
+    scale = expected.abs().max().item()  # float32 X^T X summed in float64 is close enough
+    assert torch.allclose(calls[0][1], expected.float(), rtol=1e-4, atol=1e-6 * scale)
     assert calls[0][2] == 2 and calls[-1][2] == 4 and calls[1][2] == 3
     assert model.get_submodule("model.layers.4.mlp.down_proj").bits == 4
 
