@@ -109,6 +109,8 @@ def print_split(split) -> None:
             f"{(c.dram_reads + c.dram_writes) * g.count:,}",
         )
     console = Console()
+    if not console.is_terminal:  # pipes and files: no 80-column truncation of the numbers
+        console = Console(width=150)
     console.print(table)
     free, mm = split.totals["matmul_free"], split.totals["matmul"]
     console.print(
