@@ -13,6 +13,7 @@ import click
 from llm1bit.errors import UserError
 
 FIGURE_NAMES = ("sal_fig4", "sal_fig5", "sal_fig7")
+COSTS = ("output", "weight")  # what the ILP minimises per layer (see `analyse`)
 
 EPILOG = """\b
 Examples:
@@ -36,6 +37,8 @@ class BitsResult:
     taus: dict | None = None  # bits -> {tau, pvalue, layers}
     taus_per_param: dict | None = None
     taus_refined: dict | None = None  # tau of the fitted (refined) prediction vs the measured error
+    taus_held_out: dict | None = None  # the same with each block predicted by a fit to the other blocks
+    gains: list | None = None  # per layer: reparameterization error -> relative output error (cost output)
     timings: dict = field(default_factory=dict)
 
 
@@ -53,17 +56,41 @@ def analyse(
     device: str = "cpu",
     progress=None,
     fit_size: bool = True,
+    cost: str = "output",
+    output_windows: int | None = 16,
 ) -> BitsResult:
-    """Criterion + measured errors (FP model), per-width fits, allocation, Kendall tau."""
-    from llm1bit.quant.allocation import allocate, check_pins, fit_errors, predicted_costs
+    """Criterion + measured errors (FP model), per-width fits, allocation, Kendall tau.
+
+    cost "output": the ILP minimises the predicted reparameterization errors times each layer's measured
+    gain to the relative decoder-output error (`output_gains`); "weight": the predicted errors alone."""
+    from llm1bit.quant.allocation import (
+        allocate,
+        check_pins,
+        fit_errors,
+        held_out_predictions,
+        predicted_costs,
+    )
     from llm1bit.quant.models import find_decoder_stack
-    from llm1bit.quant.sensitivity import kendall_taus, measure_layers, measured_positions
+    from llm1bit.quant.sensitivity import kendall_taus, measure_layers, measured_positions, output_gains
+
+    if cost not in COSTS:
+        from llm1bit.errors import unknown_choice
+
+        raise unknown_choice("cost", cost, COSTS)
 
     names = find_decoder_stack(model).module_names()
     pins = check_pins(pins or {}, names, candidates)
     wanted = measured_positions(len(names), None if record_errors else fit_layers)
     layers, timings = measure_layers(
-        model, windows, spec, candidates, lambda pos, info: pos in wanted, device=device, progress=progress
+        model,
+        windows,
+        spec,
+        candidates,
+        lambda pos, info: pos in wanted,
+        device=device,
+        progress=progress,
+        output=cost == "output",
+        output_windows=output_windows,
     )
     result = BitsResult(layers=layers, timings=timings)
     measured = [layer for layer in layers if layer.errors]
@@ -75,12 +102,15 @@ def analyse(
             fit_degree,
             [layer.params for layer in measured] if fit_size else None,
         )
+    if cost == "output":
+        result.gains = output_gains(layers)
     result.costs = predicted_costs(
         [layer.name for layer in layers],
         [layer.params for layer in layers],
         [layer.criterion for layer in layers],
         result.fits,
         pins,
+        result.gains,
     )
     if budget is not None:
         result.allocation = allocate(result.costs, budget, candidates, solver)
@@ -94,6 +124,23 @@ def analyse(
             for layer in layers
         }
         result.taus_refined = kendall_taus(layers, predicted=predicted)
+        held_out: dict[str, dict[int, float]] = {layer.name: {} for layer in measured}
+        for b in candidates:
+            values = held_out_predictions(
+                [layer.criterion for layer in measured],
+                [layer.errors[b] for layer in measured],
+                [layer.block for layer in measured],
+                b,
+                fit_degree,
+                [layer.params for layer in measured] if fit_size else None,
+            )
+            if values is None:
+                held_out = {}
+                break
+            for layer, value in zip(measured, values, strict=True):
+                held_out[layer.name][b] = float(value)
+        if held_out:
+            result.taus_held_out = kendall_taus(measured, predicted=held_out)
     return result
 
 
@@ -112,19 +159,28 @@ def result_json(result: BitsResult, budget: float | None, settings: dict) -> dic
         )
     out["settings"] = settings
     out["error"] = (
-        "QuantizedWeight.error of quantize_weight: the solver's summed GPTQ loss sum (w-q)^2/d^2/2, "
-        "with Hessians of the unquantized model; objective = sum of predicted errors"
+        "measured_errors: reparameterization error, QuantizedWeight.error of quantize_weight (the solver's "
+        "summed GPTQ loss sum (w-q)^2/d^2/2) with Hessians of the unquantized model; predicted_errors: the "
+        "per-width fit of it on the criterion; output_errors: relative decoder-layer output error "
+        "sum_t ||y_t' - y_t||^2 / ||y_t||^2 per window; gain: geometric mean of output_errors / "
+        "measured_errors; costs = predicted_errors x gain; objective = sum of the allocation's costs"
     )
     out["fits"] = {str(b): fit.to_dict() for b, fit in result.fits.items()}
     if result.taus is not None:
         out["kendall_tau"] = {str(b): t for b, t in result.taus.items()}
         out["kendall_tau_per_param"] = {str(b): t for b, t in result.taus_per_param.items()}
         out["kendall_tau_refined"] = {str(b): t for b, t in result.taus_refined.items()}
+        if result.taus_held_out is not None:
+            out["kendall_tau_refined_held_out"] = {str(b): t for b, t in result.taus_held_out.items()}
     costs = {c.name: c for c in result.costs}
     out["sublayers"] = [
         {
             **layer.to_dict(),
-            "predicted_errors": {str(b): e for b, e in costs[layer.name].costs.items()},
+            "predicted_errors": {
+                str(b): e / costs[layer.name].gain for b, e in costs[layer.name].costs.items()
+            },
+            "gain": costs[layer.name].gain,
+            "costs": {str(b): e for b, e in costs[layer.name].costs.items()},
             **({"bits": alloc.bits[layer.name]} if alloc is not None else {}),
         }
         for layer in result.layers
@@ -147,6 +203,20 @@ def result_json(result: BitsResult, budget: float | None, settings: dict) -> dic
 @click.option("--solver", default="ilp", show_default=True, help="ilp (PuLP/CBC) or rank (reference §6.2).")
 @click.option(
     "--mode", default="lat", show_default=True, help="shiftaddllm mode of the measured errors: lat or acc."
+)
+@click.option(
+    "--cost",
+    default="output",
+    show_default=True,
+    help="What the ILP minimises per layer: output (predicted error x the layer's measured gain to its "
+    "relative decoder-output error; tracks perplexity) or weight (predicted solver loss alone, Eq. 4).",
+)
+@click.option(
+    "--output-windows",
+    type=int,
+    default=16,
+    show_default=True,
+    help="Calibration windows the decoder-output errors are measured on (--cost output).",
 )
 @click.option("--groupsize", type=int, default=-1, show_default=True, help="As for quantize.")
 @click.option("--bcq-rounds", type=int, default=50, show_default=True, help="As for quantize.")
@@ -187,6 +257,8 @@ def bits(
     candidates: str,
     solver: str,
     mode: str,
+    cost: str,
+    output_windows: int,
     groupsize: int,
     bcq_rounds: int,
     apot_terms: int,
@@ -203,10 +275,12 @@ def bits(
     """Choose a bit width per linear layer under an average-bits budget.
 
     Each layer's criterion S = ||W/d||_F * std(W/d)^2 (d from the calibration Hessian of the FP model)
-    is mapped to a predicted error per width by a least-squares fit of log(measured error) on log(S);
-    the ILP then minimises the summed predicted error with the parameter-weighted average width <=
-    --budget. --solver rank applies the reference's ranking/quantile rule instead. The output JSON is
-    read by `llm1bit quantize --bits-config`."""
+    is mapped to a predicted reparameterization error per width by a least-squares fit of log(measured
+    error) on log(S) and log(size). With --cost output (default) each layer's predictions are multiplied
+    by its measured gain to the relative error of its decoder layer's output, which puts q/k/v/o and
+    MLP layers in one currency that tracks perplexity. The ILP minimises the summed costs with the
+    parameter-weighted average width <= --budget; --solver rank applies the reference's ranking/quantile
+    rule on S instead. The output JSON is read by `llm1bit quantize --bits-config`."""
     from llm1bit.quant.allocation import SOLVERS, check_budget, parse_candidates
     from llm1bit.quant.config import QuantSpec
     from llm1bit.quant.pipeline import check_device, read_bits_config
@@ -216,6 +290,12 @@ def bits(
         from llm1bit.errors import unknown_choice
 
         raise unknown_choice("solver", solver, SOLVERS)
+    if cost not in COSTS:
+        from llm1bit.errors import unknown_choice
+
+        raise unknown_choice("cost", cost, COSTS)
+    if output_windows < 1:
+        raise UserError(f"--output-windows {output_windows} must be >= 1")
     if budget is not None:
         check_budget(budget, cands)
     spec = QuantSpec(
@@ -283,6 +363,8 @@ def bits(
             device=device,
             progress=lambda text: status.update(text),
             fit_size=fit_size,
+            cost=cost,
+            output_windows=output_windows,
         )
     result.timings["load_seconds"] = load_seconds
     settings = {
@@ -294,6 +376,8 @@ def bits(
         "candidates": list(cands),
         "budget": budget,
         "solver": solver,
+        "cost": cost,
+        "output_windows": min(output_windows, nsamples) if cost == "output" else None,
         "method": "shiftaddllm",
         "mode": mode,
         "groupsize": groupsize,
@@ -359,13 +443,18 @@ def _print_summary(result: BitsResult, budget: float | None) -> None:
             f"rms {fit.rms:.3f} over {fit.points} layers"
         )
     if result.taus is not None:
+        n = next(iter(result.taus.values()))["layers"] if result.taus else 0
+        held = result.taus_held_out or {}
         parts = [
-            f"{b} bits {t['tau']:.3f} (per parameter {result.taus_per_param[b]['tau']:.3f}, "
-            f"refined prediction {result.taus_refined[b]['tau']:.3f})"
+            f"{b} bits {result.taus_refined[b]['tau']:.3f}"
+            + (f" (held-out blocks {held[b]['tau']:.3f})" if b in held else "")
+            + f", S alone {t['tau']:.3f}"
             for b, t in result.taus.items()
         ]
-        n = next(iter(result.taus.values()))["layers"] if result.taus else 0
-        click.echo(f"kendall tau, criterion S vs measured error over {n} layers: " + "; ".join(parts))
+        click.echo(
+            f"kendall tau, refined criterion vs measured reparameterization error over {n} layers: "
+            + "; ".join(parts)
+        )
     alloc = result.allocation
     if alloc is not None:
         counts: dict[int, int] = {}

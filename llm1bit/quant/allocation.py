@@ -49,6 +49,7 @@ class LayerCost:
     params: int
     criterion: float
     costs: Mapping[int, float]  # bits -> predicted error; a width missing here is not allowed
+    gain: float = 1.0  # the factor the predicted reparameterization errors were multiplied by
 
 
 @dataclass
@@ -174,22 +175,53 @@ def fit_errors(
     )
 
 
+def held_out_predictions(
+    criteria: Sequence[float],
+    errors: Sequence[float],
+    groups: Sequence[int],
+    bits: int,
+    degree: int = 1,
+    params: Sequence[int] | None = None,
+) -> np.ndarray | None:
+    """Each layer's error predicted by the fit to the *other* groups' layers (leave one decoder block out),
+    so a Kendall tau of the refined criterion is not a tau of the fit against its own data. None when
+    there are fewer than two groups or a held-out fit is underdetermined."""
+    crit = np.asarray(criteria, dtype=np.float64)
+    err = np.asarray(errors, dtype=np.float64)
+    size = None if params is None else np.asarray(params, dtype=np.float64)
+    group = np.asarray(groups)
+    if len(np.unique(group)) < 2:
+        return None
+    out = np.empty_like(crit)
+    for g in np.unique(group):
+        train = group != g
+        try:
+            fit = fit_errors(crit[train], err[train], bits, degree, None if size is None else size[train])
+        except UserError:
+            return None
+        out[~train] = fit.predict(crit[~train], None if size is None else size[~train])
+    return out
+
+
 def predicted_costs(
     names: Sequence[str],
     params: Sequence[int],
     criteria: Sequence[float],
     fits: Mapping[int, ErrorFit],
     pinned: Mapping[str, int] | None = None,
+    gains: Sequence[float] | None = None,
 ) -> list[LayerCost]:
-    """LayerCosts from the per-width fits; a pinned layer keeps only its pinned width."""
+    """LayerCosts from the per-width fits, each layer's multiplied by its gain (1 without `gains`);
+    a pinned layer keeps only its pinned width."""
     pinned = pinned or {}
+    gains = [1.0] * len(names) if gains is None else gains
     preds = {b: fit.predict(np.asarray(criteria), np.asarray(params)) for b, fit in fits.items()}
     layers = []
     for i, name in enumerate(names):
-        costs = {b: float(preds[b][i]) for b in sorted(fits)}
+        costs = {b: float(preds[b][i]) * gains[i] for b in sorted(fits)}
         if name in pinned:
             costs = {pinned[name]: costs[pinned[name]]}
-        layers.append(LayerCost(name, int(params[i]), float(criteria[i]), costs))
+        layers.append(LayerCost(name, int(params[i]), float(criteria[i]), costs, float(gains[i])))
     return layers
 
 

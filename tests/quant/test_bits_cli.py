@@ -4,6 +4,7 @@ figures, one-line errors. Calibration is tinystories/valid-head.txt, read in pla
 from __future__ import annotations
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -68,8 +69,20 @@ def test_allocation_json(recorded) -> None:
     params = {name: s["params"] for name, s in subs.items()}
     avg = sum(params[n] * b for n, b in data["layers"].items()) / sum(params.values())
     assert data["average_bits"] == pytest.approx(avg)
-    pred = sum(subs[n]["predicted_errors"][str(b)] for n, b in data["layers"].items())
-    assert data["objective"] == pytest.approx(pred)
+    cost = sum(subs[n]["costs"][str(b)] for n, b in data["layers"].items())
+    assert data["objective"] == pytest.approx(cost)
+    # cost output (default): predicted reparameterization error x the layer's measured output gain
+    assert settings["cost"] == "output" and settings["output_windows"] == 4
+    for s in subs.values():
+        assert set(s["output_errors"]) == {"2", "3"} and s["gain"] > 0
+        ratio = math.sqrt(
+            s["output_errors"]["2"]
+            / s["measured_errors"]["2"]
+            * s["output_errors"]["3"]
+            / s["measured_errors"]["3"]
+        )
+        assert s["gain"] == pytest.approx(ratio)
+        assert s["costs"]["2"] == pytest.approx(s["predicted_errors"]["2"] * s["gain"])
     assert set(data["fits"]) == {"2", "3"} and data["fits"]["2"]["points"] == 35
     assert "wrote" in output and "allocation (ilp)" in output
 
@@ -77,9 +90,12 @@ def test_allocation_json(recorded) -> None:
 def test_record_errors_reports_tau(recorded) -> None:
     tmp, alloc, output = recorded
     line = next(line for line in output.splitlines() if line.startswith("kendall tau"))
-    taus = {int(b): float(t) for b, t in re.findall(r"(\d) bits (-?[0-9.]+) \(per parameter", line)}
+    taus = {int(b): float(t) for b, t in re.findall(r"(\d) bits (-?[0-9.]+) \(held-out", line)}
     assert set(taus) == {2, 3} and all(-1 <= t <= 1 for t in taus.values())
     data = json.loads(alloc.read_text())
+    for b in ("2", "3"):
+        assert data["kendall_tau_refined"][b]["tau"] == pytest.approx(taus[int(b)], abs=5e-4)
+        assert -1 <= data["kendall_tau_refined_held_out"][b]["tau"] <= 1
     for b in ("2", "3"):
         assert -1 <= data["kendall_tau"][b]["tau"] <= 1 and data["kendall_tau"][b]["layers"] == 35
     # every layer measured at each width
@@ -169,6 +185,8 @@ def test_unknown_name_in_bits_file(tmp_path: Path) -> None:
         ((), "nothing to do"),
         (("--record-errors", "-o", "x.json"), "give --budget"),
         (("--budget", "2.2", "--mode", "fast"), "unknown mode"),
+        (("--budget", "2.2", "--cost", "ppl"), "unknown cost 'ppl'"),
+        (("--budget", "2.2", "--output-windows", "0"), "--output-windows 0"),
         (("--budget", "2.2", "--solver", "rank", "--fix", "pins.json"), "--solver ilp"),
     ],
 )
