@@ -1,9 +1,11 @@
 """Mixed-bit allocation on SmolLM2-135M: Kendall tau, ILP vs rank rule, perplexity, ILP solve time.
 
 1. `llm1bit bits`'s analysis (criterion + measured shiftaddllm errors of every linear at each candidate
-   width, FP-model Hessians) on --nsamples x --seqlen windows of wikitext-2/valid.tokenized.txt:
-   Kendall tau per width; allocations at --budget by the ILP and by the rank rule (and, when the rank
-   rule lands on another average, the ILP at that average too), with their objectives.
+   width, FP-model Hessians, and each layer's relative decoder-output error) on --nsamples x --seqlen
+   windows of wikitext-2/valid.tokenized.txt: Kendall tau per width; allocations at --budget by the ILP
+   with the output cost (the default of `llm1bit bits`), by the ILP with the weight cost (the paper's
+   Eq. 4 on predicted reparameterization errors alone), by the rank rule, and (when the rank rule lands
+   on another average) by the ILP at that average too, with their objectives.
 2. For uniform-lo, each allocation and uniform-hi: `quantize_model` (same method, mode and calibration)
    with the allocation as bits config, then WikiText-2 test perplexity on the first --eval-windows
    non-overlapping windows of 2048 tokens of test.gptq-join.txt.
@@ -49,6 +51,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mode", default="lat")
     p.add_argument("--bcq-rounds", type=int, default=50)
     p.add_argument("--fit-degree", type=int, default=1)
+    p.add_argument("--output-windows", type=int, default=16)
+    p.add_argument(
+        "--allocations",
+        help="comma list of allocation names to evaluate (default: all), e.g. ilp-2.2,rank-2.2",
+    )
     p.add_argument("--skip-ppl", action="store_true", help="only tau, objectives and ILP timings")
     p.add_argument("--with-fp", action="store_true", help="also the FP model's perplexity")
     p.add_argument("--figures", type=Path, help="also draw sal_fig4/5/7 of SmolLM2 into this folder")
@@ -118,6 +125,7 @@ def main(argv: list[str] | None = None) -> int:
         average_bits,
         objective,
         parse_candidates,
+        predicted_costs,
         rank_allocation,
         solve_ilp,
     )
@@ -158,35 +166,51 @@ def main(argv: list[str] | None = None) -> int:
         None,
         record_errors=True,
         progress=lambda text: print(f"[{time.perf_counter() - start:7.1f} s] {text}", flush=True),
+        cost="output",
+        output_windows=args.output_windows,
     )
     print(f"analysis in {time.perf_counter() - t0:.1f} s: {result.timings}", flush=True)
     report["kendall_tau"] = {str(b): t for b, t in result.taus.items()}
     report["kendall_tau_per_param"] = {str(b): t for b, t in result.taus_per_param.items()}
     report["kendall_tau_refined"] = {str(b): t for b, t in result.taus_refined.items()}
+    report["kendall_tau_refined_held_out"] = {str(b): t for b, t in (result.taus_held_out or {}).items()}
     report["fits"] = {str(b): f.to_dict() for b, f in result.fits.items()}
     report["analysis_timings"] = result.timings
     for b, t in result.taus.items():
         print(
             f"tau {b} bits: {t['tau']:.4f} (per param {result.taus_per_param[b]['tau']:.4f}, "
-            f"refined {result.taus_refined[b]['tau']:.4f})",
+            f"refined {result.taus_refined[b]['tau']:.4f}, held out "
+            f"{report['kendall_tau_refined_held_out'].get(str(b), {}).get('tau', float('nan')):.4f})",
             flush=True,
         )
 
     settings = {
         "model": str(gguf), "calib": str(args.calib), "nsamples": args.nsamples, "seqlen": args.seqlen,
         "seed": args.seed, "candidates": list(cands), "budget": args.budget, "method": "shiftaddllm",
-        "mode": args.mode, "bcq_rounds": args.bcq_rounds, "fit_degree": args.fit_degree,
+        "mode": args.mode, "bcq_rounds": args.bcq_rounds, "fit_degree": args.fit_degree, "fit_size": True,
+        "cost": "output", "output_windows": min(args.output_windows, args.nsamples),
     }  # fmt: skip
     ilp = result.allocation
+    weight_costs = predicted_costs(
+        [c.name for c in result.costs], [c.params for c in result.costs], [c.criterion for c in result.costs],
+        result.fits,
+    )  # fmt: skip
+    ilp_weight = solve_ilp(weight_costs, args.budget, cands)
+    ilp_weight.objective = objective(ilp_weight.bits, result.costs)
     rank = rank_allocation(result.costs, args.budget, cands)
     params = {c.name: c.params for c in result.costs}
     names = [c.name for c in result.costs]
     allocations = {
         f"uniform-{min(cands)}": dict.fromkeys(names, min(cands)),
         f"ilp-{args.budget:g}": ilp.bits,
+        f"ilp-weight-{args.budget:g}": ilp_weight.bits,
         f"rank-{args.budget:g}": rank.bits,
     }
-    solvers = {f"ilp-{args.budget:g}": ilp, f"rank-{args.budget:g}": rank}
+    solvers = {
+        f"ilp-{args.budget:g}": ilp,
+        f"ilp-weight-{args.budget:g}": ilp_weight,
+        f"rank-{args.budget:g}": rank,
+    }
     allocations[f"uniform-{max(cands)}"] = dict.fromkeys(names, max(cands))
     if abs(rank.average_bits - args.budget) > 1e-6:  # the ILP at the average the rank rule lands on
         matched = solve_ilp(result.costs, rank.average_bits, cands)
@@ -195,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, alloc in solvers.items():
         res = copy.copy(result)
         res.allocation = alloc
-        budget = rank.average_bits if name.startswith("ilp-") and solvers[name] is not ilp else args.budget
+        budget = rank.average_bits if name == f"ilp-{rank.average_bits:.4f}" else args.budget
         data = result_json(res, budget, settings)
         Path(f"{args.out}-{name}.json").write_text(json.dumps(data, indent=2) + "\n")
     if args.figures:
@@ -209,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # measured (true) error of each allocation too: every layer was measured at every width
     measured = {layer.name: layer.errors for layer in result.layers}
+    outputs = {layer.name: layer.output_errors for layer in result.layers}
     rows = []
     for name, bits in allocations.items():
         rows.append(
@@ -216,7 +241,9 @@ def main(argv: list[str] | None = None) -> int:
                 "allocation": name,
                 "average_bits": average_bits(bits, params),
                 "objective": objective(bits, result.costs),
+                "objective_weight": objective(bits, weight_costs),
                 "measured_error_sum": sum(measured[n][b] for n, b in bits.items()),
+                "measured_output_sum": sum(outputs[n][b] for n, b in bits.items()),
                 "layers_at_max": sum(b == max(cands) for b in bits.values()),
                 "solve_s": solvers[name].solve_seconds if name in solvers else None,
                 "perplexity": None,
@@ -232,7 +259,10 @@ def main(argv: list[str] | None = None) -> int:
             fp = perplexity(model, ids, args.eval_seqlen, max_windows=args.eval_windows)
             report["fp_perplexity"] = fp.perplexity
             print(f"fp: ppl {fp.perplexity:.3f} ({time.perf_counter() - t0:.0f} s)", flush=True)
+        wanted = set(args.allocations.split(",")) if args.allocations else set(allocations)
         for row in rows:
+            if row["allocation"] not in wanted:
+                continue
             bits = allocations[row["allocation"]]
             m = copy.deepcopy(model)
             t0 = time.perf_counter()
@@ -257,13 +287,16 @@ def write_report(args: argparse.Namespace, report: dict) -> None:
         f"{s['nsamples']} x {s['seqlen']} tokens of {Path(s['calib']).name} (seed {s['seed']}); candidates "
         f"{s['candidates']}, budget {s['budget']}, fit log(err) = poly{s['fit_degree']}(log S) + g log(params). Perplexity: first "
         f"{s['eval_windows']} non-overlapping {s['eval_seqlen']}-token windows of {Path(s['eval']).name}. "
-        f"Measured error = QuantizedWeight.error (summed GPTQ loss) with FP-model Hessians. {s['date']}, "
-        f"torch threads {s['torch_threads']}.",
+        f"Measured error = QuantizedWeight.error (summed GPTQ loss) with FP-model Hessians; output error = "
+        f"relative decoder-layer output error on {s['output_windows']} windows; objective = summed "
+        f"predicted error x output gain (`--cost output`), objective_weight = summed predicted error "
+        f"(`--cost weight`). {s['date']}, torch threads {s['torch_threads']}.",
         "",
-        "Kendall tau (criterion vs measured error, all layers): "
+        "Kendall tau vs measured reparameterization error, all layers: "
         + "; ".join(
-            f"{b} bits {t['tau']:.4f} (error per parameter {report['kendall_tau_per_param'][b]['tau']:.4f}; "
-            f"refined prediction vs error {report['kendall_tau_refined'][b]['tau']:.4f})"
+            f"{b} bits: refined criterion {report['kendall_tau_refined'][b]['tau']:.4f} (each block "
+            f"predicted by a fit to the others {report['kendall_tau_refined_held_out'].get(b, {}).get('tau', float('nan')):.4f}); "
+            f"S alone {t['tau']:.4f}, per parameter {report['kendall_tau_per_param'][b]['tau']:.4f}"
             for b, t in report.get("kendall_tau", {}).items()
         ),
         "",
@@ -274,7 +307,9 @@ def write_report(args: argparse.Namespace, report: dict) -> None:
         "allocation",
         "average_bits",
         "objective",
+        "objective_weight",
         "measured_error_sum",
+        "measured_output_sum",
         "layers_at_max",
         "solve_s",
         "perplexity",

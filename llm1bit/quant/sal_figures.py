@@ -1,7 +1,8 @@
 """Sensitivity figures of the mixed-bit allocation (`llm1bit bits --figures DIR`), after the paper's Figs. 4, 5, 7.
 
     sal_fig4  measured error per decoder block, one line per sublayer (Q/K/V/out/fc1/fc2 or
-              q/k/v/o/gate/up/down), one panel per candidate width
+              q/k/v/o/gate/up/down), one panel per candidate width; a second row with the
+              relative decoder-output errors when they were measured
     sal_fig5  criterion S vs measured error (log-log) per width, and the fit's prediction (the refined
               criterion) vs measured error; Kendall tau of both per width in the title, computed
               from the plotted points
@@ -56,6 +57,7 @@ def fig4(result, out: Path, tag: str, settings: dict) -> list[Path]:
     widths = sorted({b for layer in layers for b in layer.errors})
     subs = _sublayers(layers)
     blocks = sorted({layer.block for layer in layers})
+    has_output = any(layer.output_errors for layer in layers)
     rows = [
         {
             "block": layer.block,
@@ -64,33 +66,45 @@ def fig4(result, out: Path, tag: str, settings: dict) -> list[Path]:
             "params": layer.params,
             "criterion": _fmt(layer.criterion),
             **{f"error_{b}bit": _fmt(layer.errors[b]) for b in widths},
+            **{
+                f"output_error_{b}bit": _fmt(layer.output_errors[b]) if b in layer.output_errors else ""
+                for b in (widths if has_output else ())
+            },
         }
         for layer in layers
         if layer.errors
     ]
-    fig = new_figure(4.2 * max(1, len(widths)), 3.6)
-    axes = fig.subplots(1, max(1, len(widths)), squeeze=False)[0]
-    for ax, b in zip(axes, widths, strict=False):
-        for i, sub in enumerate(subs):
-            pts = sorted(
-                (layer.block, layer.errors[b])
-                for layer in layers
-                if layer.sublayer == sub and b in layer.errors
-            )
-            if pts:
-                xs, ys = zip(*pts, strict=True)
-                ax.plot(xs, ys, marker="o", ms=3, color=COLORS[i % len(COLORS)], label=SHORT.get(sub, sub))
-        ax.set_yscale("log")
-        ax.set_xlabel("decoder block")
-        ax.set_ylabel("measured error (solver loss)")
-        ax.set_title(f"{b}-bit")
-        if len(blocks) <= 16:
-            ax.set_xticks(blocks)
-        ax.grid(True, which="major", alpha=0.3)
-    axes[0].legend(fontsize=7, ncols=2)
+    panels = [("errors", "reparameterization error (solver loss)")]
+    if has_output:
+        panels.append(("output_errors", "relative decoder-output error"))
+    fig = new_figure(4.2 * max(1, len(widths)), 3.6 * len(panels))
+    grid = fig.subplots(len(panels), max(1, len(widths)), squeeze=False)
+    for row_axes, (attr, label) in zip(grid, panels, strict=True):
+        for ax, b in zip(row_axes, widths, strict=False):
+            for i, sub in enumerate(subs):
+                pts = sorted(
+                    (layer.block, getattr(layer, attr)[b])
+                    for layer in layers
+                    if layer.sublayer == sub and b in getattr(layer, attr)
+                )
+                if pts:
+                    xs, ys = zip(*pts, strict=True)
+                    ax.plot(
+                        xs, ys, marker="o", ms=3, color=COLORS[i % len(COLORS)], label=SHORT.get(sub, sub)
+                    )
+            ax.set_yscale("log")
+            ax.set_xlabel("decoder block")
+            ax.set_ylabel(label, fontsize=8)
+            ax.set_title(f"{b}-bit")
+            if len(blocks) <= 16:
+                ax.set_xticks(blocks)
+            ax.grid(True, which="major", alpha=0.3)
+    grid[0][0].legend(fontsize=7, ncols=2)
     title = f"Per-layer sensitivity of {tag} ({settings.get('mode', '')} mode)"
     fig.suptitle(title, fontsize=10)
     columns = ["block", "sublayer", "name", "params", "criterion", *[f"error_{b}bit" for b in widths]]
+    if has_output:
+        columns += [f"output_error_{b}bit" for b in widths]
     return write_outputs(
         fig, out, f"sal_fig4-{tag}", rows_to_csv(rows, columns), title, _settings_text(settings)
     )
