@@ -153,6 +153,20 @@ def test_rank_solver_and_pins(tmp_path: Path) -> None:
     assert data["settings"]["fit_layers"] == 4
 
 
+def test_weight_cost_is_the_predicted_error_alone(tmp_path: Path) -> None:
+    alloc = tmp_path / "weight.json"
+    result = invoke(
+        "bits", "--model", STORIES, *TINY, "--budget", "2.2", "--cost", "weight", "--fit-layers", "6",
+        "-o", str(alloc),
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = json.loads(alloc.read_text())
+    assert data["settings"]["cost"] == "weight" and data["settings"]["output_windows"] is None
+    for s in data["sublayers"]:
+        assert s["gain"] == 1.0 and s["costs"] == s["predicted_errors"] and not s["output_errors"]
+    assert sum(bool(s["measured_errors"]) for s in data["sublayers"]) == 6
+
+
 def test_unknown_name_in_bits_file(tmp_path: Path) -> None:
     pins = tmp_path / "pins.json"
     pins.write_text(json.dumps({"layers": {"model.layers.0.mlp.down_prj": 3}}))
