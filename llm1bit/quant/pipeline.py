@@ -220,6 +220,25 @@ def _hessian_hooks(linears: dict[str, nn.Module], hessians: dict[str, list]) -> 
     return [linears[name].register_forward_hook(make(name)) for name in linears]
 
 
+def layer_hessians(
+    layer: nn.Module,
+    linears: dict[str, nn.Module],
+    inputs: torch.Tensor,
+    kwargs: dict[str, Any],
+    out: torch.Tensor,
+) -> dict[str, torch.Tensor]:
+    """One forward of `layer` over every sample (into `out`) with hooks on `linears`: each linear's
+    H = sum_s X_s^T X_s / n_samples, float64."""
+    hessians: dict[str, list] = {rel: [None, 0] for rel in linears}
+    handles = _hessian_hooks(linears, hessians)
+    try:
+        run_layer(layer, inputs, kwargs, out)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {rel: acc.div_(count) for rel, (acc, count) in hessians.items()}
+
+
 def _to_cpu(obj: Any) -> Any:
     """A copy of a (nested) result dataclass with every tensor on the CPU."""
     import torch
@@ -296,24 +315,16 @@ def quantize_model(
                 if progress:
                     progress.advance(task, len(cached))
             else:
-                hessians: dict[str, list] = {rel: [None, 0] for rel in linears}
+                hessians: dict[str, torch.Tensor] = {}
                 if needs_hessian:
                     t0 = time.perf_counter()
-                    handles = _hessian_hooks(linears, hessians)
-                    try:
-                        run_layer(layer, inputs, kwargs, outputs)
-                    finally:
-                        for handle in handles:
-                            handle.remove()
+                    hessians = layer_hessians(layer, linears, inputs, kwargs, outputs)
                     layer_report.forward_seconds += time.perf_counter() - t0
                 for rel, linear in linears.items():
                     name = f"{stack.layer_name(index)}.{rel}"
                     if progress:
                         progress.update(task, description=f"layer {index + 1}/{len(stack.layers)} {rel}")
-                    hessian = None
-                    if needs_hessian:
-                        acc, count = hessians.pop(rel)
-                        hessian = (acc / count).to(torch.float32)
+                    hessian = hessians.pop(rel).to(torch.float32) if needs_hessian else None
                     t0 = time.perf_counter()
                     weight = linear.weight.detach().to(torch.float32)
                     with torch.no_grad():

@@ -1,8 +1,8 @@
 """Per-layer sensitivity for mixed-bit allocation (design §6.1): the criterion and measured errors.
 
-`walk_fp_model` runs the calibration windows through the *unquantized* model layer by layer (the
+`walk_fp_blocks` runs the calibration windows through the *unquantized* model layer by layer (the
 catcher and per-layer forwards of `llm1bit.quant.pipeline`, with no quantization in between) and
-yields every decoder linear with its Hessian H = sum_s X_s^T X_s / n (float64).
+yields every decoder layer with its linears' Hessians H = sum_s X_s^T X_s / n (float64).
 
 `criterion` is the reference's score S_l = ||Z||_F * std(Z)^2 with Z = W / d (column j divided by
 d_j), d = diag(chol(H^-1) upper) after the GPTQ fix-up (dead inputs, 1 % damping), all in float64,
@@ -121,7 +121,7 @@ def walk_fp_blocks(model: nn.Module, windows: torch.Tensor, device: str = "cpu")
     import torch
 
     from llm1bit.quant.models import find_decoder_stack
-    from llm1bit.quant.pipeline import _hessian_hooks, capture_inputs, check_device, run_layer
+    from llm1bit.quant.pipeline import capture_inputs, check_device, layer_hessians
 
     device = check_device(device)
     stack = find_decoder_stack(model)
@@ -131,34 +131,20 @@ def walk_fp_blocks(model: nn.Module, windows: torch.Tensor, device: str = "cpu")
     for index, layer in enumerate(stack.layers):
         layer.to(device)
         linears = {rel: layer.get_submodule(rel) for rel in stack.linears}
-        hessians: dict[str, list] = {rel: [None, 0] for rel in linears}
-        handles = _hessian_hooks(linears, hessians)
-        try:
-            run_layer(layer, inputs, kwargs, outputs)
-        finally:
-            for handle in handles:
-                handle.remove()
-        infos = []
-        for rel, linear in linears.items():
-            acc, count = hessians.pop(rel)
-            infos.append(
-                LinearInfo(
-                    name=f"{stack.layer_name(index)}.{rel}",
-                    block=index,
-                    sublayer=rel,
-                    weight=linear.weight.detach().to("cpu", torch.float32),
-                    hessian=(acc / count).cpu(),
-                )
+        hessians = layer_hessians(layer, linears, inputs, kwargs, outputs)
+        infos = [
+            LinearInfo(
+                name=f"{stack.layer_name(index)}.{rel}",
+                block=index,
+                sublayer=rel,
+                weight=linear.weight.detach().to("cpu", torch.float32),
+                hessian=hessians.pop(rel).cpu(),
             )
+            for rel, linear in linears.items()
+        ]
         yield BlockInfo(index, layer, inputs, outputs, kwargs, infos)
         inputs, outputs = outputs, inputs
         layer.to("cpu")
-
-
-def walk_fp_model(model: nn.Module, windows: torch.Tensor, device: str = "cpu") -> Iterator[LinearInfo]:
-    """Every decoder linear of the FP model, layer by layer, with its Hessian from `windows` (n, seqlen)."""
-    for block in walk_fp_blocks(model, windows, device):
-        yield from block.linears
 
 
 def output_error(block: BlockInfo, sublayer: str, weight: torch.Tensor, windows: int | None = None) -> float:
