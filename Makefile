@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 LLM1BIT := $(BIN)/llm1bit
 
-.PHONY: install test test-fast demo lint topologies bench-sweep clean
+.PHONY: install test test-fast check-wheel demo lint topologies bench-sweep clean
 
 install: $(STAMP)
 
@@ -17,10 +17,15 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: install
+	$(BIN)/pip check
 	$(BIN)/pytest -q
 
 test-fast: install
 	$(BIN)/pytest -q -m 'not slow'
+
+# Build the wheel, install it with its dependencies from PyPI into a fresh venv, run it outside the checkout.
+check-wheel: install
+	PYTHON=$(PYTHON) bash scripts/check_wheel.sh
 
 demo: install
 	$(LLM1BIT) simulate --model opt-6.7b --hw cloud

@@ -10,7 +10,8 @@ from pathlib import Path
 
 from llm1bit.errors import UserError, unknown_choice
 
-HW_DIR = Path(__file__).resolve().parent.parent / "hw_configs"
+# cloud.cfg and edge.cfg, package data; the top-level hw_configs/ of the repository links here.
+HW_DIR = Path(__file__).resolve().parent / "hw_configs"
 BUILTIN_HW = ("cloud", "edge")
 DATAFLOWS = ("os", "ws", "is")
 

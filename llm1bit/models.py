@@ -13,6 +13,9 @@ from pathlib import Path
 
 from llm1bit.errors import UserError, unknown_choice
 
+# The published Hugging Face configs of six of today's models (package data, read by fig13): configs/README.md.
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
 
 @dataclass(frozen=True)
 class ModelSpec:

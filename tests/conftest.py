@@ -6,9 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from llm1bit.models import CONFIG_DIR
+
 PROJECT = Path(__file__).resolve().parent.parent
 SHARED_DATA = PROJECT.parent / "shared" / "data"
-CONFIGS = Path(__file__).resolve().parent / "configs"
+CONFIGS = CONFIG_DIR  # the HF configs shipped with the package
 
 
 @pytest.fixture

@@ -4,7 +4,7 @@ import pytest
 
 from llm1bit.cache import ResultCache
 from llm1bit.hardware import load_hardware
-from llm1bit.models import resolve_models
+from llm1bit.models import CONFIG_DIR, resolve_models
 from llm1bit.sweep import points, run_points
 
 
@@ -25,10 +25,7 @@ def test_all_paper_models_decode_os(hw, cache):
 
 @pytest.mark.parametrize("dataflow", ["ws", "is"])
 def test_other_dataflows_and_true_architectures(dataflow, cache):
-    from pathlib import Path
-
-    configs = Path(__file__).resolve().parent / "configs"
-    models = resolve_models(f"opt-350m,gpt-125m,{configs / 'smollm2-135m.json'}")
+    models = resolve_models(f"opt-350m,gpt-125m,{CONFIG_DIR / 'smollm2-135m.json'}")
     pts = points(models, [load_hardware("cloud"), load_hardware("edge")], [256, 2048], [dataflow])
     real = run_points(pts, "scalesim", cache=cache, jobs=2)
     closed = run_points(pts, "analytic")

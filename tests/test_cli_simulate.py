@@ -5,14 +5,14 @@ import io
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from llm1bit.cli import main
+from llm1bit.models import CONFIG_DIR
 
-CONFIGS = Path(__file__).resolve().parent / "configs"
+CONFIGS = CONFIG_DIR  # the HF configs shipped with the package
 LAYER_KEYS = {
     "name",
     "part",

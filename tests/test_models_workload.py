@@ -1,13 +1,12 @@
 import json
-from pathlib import Path
 
 import pytest
 
 from llm1bit.errors import UserError
-from llm1bit.models import PAPER_MODELS, load_hf_config, resolve_model, resolve_models
+from llm1bit.models import CONFIG_DIR, PAPER_MODELS, load_hf_config, resolve_model, resolve_models
 from llm1bit.workload import MATMUL, MATMUL_FREE, build_workload
 
-CONFIGS = Path(__file__).resolve().parent / "configs"
+CONFIGS = CONFIG_DIR  # the HF configs shipped with the package
 
 
 def test_registry_has_the_paper_models():

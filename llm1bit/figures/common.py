@@ -23,14 +23,13 @@ from llm1bit.cache import ResultCache
 from llm1bit.engine import Progress
 from llm1bit.errors import UserError
 from llm1bit.hardware import Hardware, load_hardware
-from llm1bit.models import GPT_MODELS, LLAMA_MODELS, OPT_MODELS, ModelSpec, resolve_model
+from llm1bit.models import CONFIG_DIR, GPT_MODELS, LLAMA_MODELS, OPT_MODELS, ModelSpec, resolve_model
 from llm1bit.split import Split
 from llm1bit.sweep import Point, points, run_points
 
 SEQ_LENS = (128, 256, 512, 1024, 2048, 4096)
-CONFIG_DIR = Path(__file__).resolve().parent.parent.parent / "tests" / "configs"
 
-# fig13: (true architecture from tests/configs/<name>.json, the comparable paper-shape model).
+# fig13: (true architecture from llm1bit/configs/<name>.json, the comparable paper-shape model).
 # opt-125m has GPT-2 small's d, h and layers; the paper's gpt-125m is that shape with d_FF = d.
 MODERN_PAIRS = (
     ("llama-2-7b", "llama-7b"),
@@ -97,7 +96,7 @@ def models(names: Iterable[str]) -> list[ModelSpec]:
 
 
 def config_model(settings: Settings, name: str) -> ModelSpec:
-    """A true architecture from `<config_dir>/<name>.json` (the HF configs shipped with the tests)."""
+    """A true architecture from `<config_dir>/<name>.json` (the HF configs shipped in llm1bit/configs)."""
     path = settings.config_dir / f"{name}.json"
     if not path.is_file():
         raise UserError(f"fig13 needs the Hugging Face config {path}, which does not exist")
@@ -187,7 +186,7 @@ MODEL_COLORS: dict[str, str] = {
     "gpt-1.5b": "#393b79",
     "llama-7b": "#843c39",
     "llama-13b": "#e7ba52",
-    # true architectures (tests/configs)
+    # true architectures (llm1bit/configs)
     "llama-2-7b": "#d6616b",
     "llama-3-8b": "#3182bd",
     "mistral-7b": "#e6550d",

@@ -1,6 +1,6 @@
 """Fig. 13 (beyond the paper): the study's question put to today's models.
 
-For the true architectures of the Hugging Face configs shipped under tests/configs/ (gated FFN,
+For the true architectures of the Hugging Face configs shipped in llm1bit/configs/ (gated FFN,
 grouped-query attention, real FFN sizes and layer counts) next to the paper's simplified shape of
 a comparable built-in model: the MatMul-free fraction F of the compute cycles and the Amdahl
 asymptote 1 / (1 - F), the most that making the projections free (1-bit) can ever give.
