@@ -43,6 +43,9 @@ class AmdahlCurve:
         return asymptote(self.fraction if name == "projection" else 1.0 - self.fraction)
 
 
+MAX_S_POINTS = 1000  # a curve is read or plotted; more points add nothing but output
+
+
 def parse_s_partial(values: str | None, s_range: str | None) -> tuple[float, ...]:
     """`--s-partial 1,2,5` or `--s-range 1:100[:N]` (N log-spaced points, default 25)."""
     if values and s_range:
@@ -58,6 +61,8 @@ def parse_s_partial(values: str | None, s_range: str | None) -> tuple[float, ...
             raise UserError(f"--s-range {s_range!r} must look like 1:100 or 1:100:50") from None
         if not (lo > 0 and hi > lo and math.isfinite(hi)) or n < 2:
             raise UserError(f"--s-range {s_range!r}: need 0 < start < end and at least 2 points")
+        if n > MAX_S_POINTS:
+            raise UserError(f"--s-range {s_range!r}: {n} points; at most {MAX_S_POINTS} are allowed")
         return tuple(lo * (hi / lo) ** (i / (n - 1)) for i in range(n))
     out = []
     for item in (values or "1,2,5,10,100").split(","):

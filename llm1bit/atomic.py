@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import stat
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +25,14 @@ def _publish_mode(tmp: str | Path, directory: bool = False) -> None:
     os.chmod(tmp, (0o777 if directory else 0o666) & ~_umask())
 
 
+STDOUT_NAMES = ("-", "/dev/stdout")
+
+
+def is_stdout(path: str | os.PathLike) -> bool:
+    """`-o -` and `-o /dev/stdout` mean standard output (never a file named `-`, never replacing the device)."""
+    return str(path) in STDOUT_NAMES
+
+
 def _check_parent(path: Path) -> None:
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
@@ -31,24 +41,71 @@ def _check_parent(path: Path) -> None:
         raise UserError(f"cannot write {path}: folder {parent} is not writable")
 
 
+def _target(path: Path) -> Path:
+    """The regular file a write to `path` replaces: a symlink is written through to its target;
+    an existing device, FIFO, socket or folder is refused."""
+    target = Path(os.path.realpath(path)) if path.is_symlink() else path
+    try:
+        mode = os.stat(target).st_mode
+    except FileNotFoundError:
+        mode = None
+    except OSError as exc:
+        raise UserError(f"cannot write {path}: {exc.strerror}") from None
+    if mode is not None and not stat.S_ISREG(mode):
+        kind = (
+            "a folder"
+            if stat.S_ISDIR(mode)
+            else "a FIFO"
+            if stat.S_ISFIFO(mode)
+            else "a socket"
+            if stat.S_ISSOCK(mode)
+            else "a device"
+        )
+        shown = f"{path} (-> {target})" if target != path else str(path)
+        raise UserError(
+            f"cannot write {shown}: it is {kind}; give a regular file path, or - for standard output"
+        )
+    _check_parent(target)
+    return target
+
+
+def check_output(path: str | os.PathLike) -> None:
+    """Refuse an output path up front (before any long work): what `write_output` would refuse."""
+    if not is_stdout(path):
+        _target(Path(path))
+
+
+def _write_error(path: Path, exc: OSError) -> UserError:
+    return UserError(f"cannot write {path}: {exc.strerror or exc}; nothing was written")
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     """Write text to path atomically (temp file in the same folder + os.replace)."""
     return atomic_write_bytes(path, text.encode())
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write data to path atomically; `-` and `/dev/stdout` write to standard output."""
     path = Path(path)
-    _check_parent(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if is_stdout(path):
+        sys.stdout.flush()
+        sys.stdout.buffer.write(data)
+        sys.stdout.buffer.flush()
+        return path
+    target = _target(path)
+    tmp = None
     try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         _publish_mode(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise _write_error(path, exc) from None
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
     return path
 
 
@@ -56,15 +113,29 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary file path beside `path`; rename it onto `path` only if the block succeeds.
 
-    For writers that want a file name (matplotlib's savefig, torch.save...)."""
+    For writers that want a file name (matplotlib's savefig, torch.save...). For standard output
+    the finished file is copied there."""
     path = Path(path)
-    _check_parent(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
+    if is_stdout(path):
+        with tempfile.TemporaryDirectory(prefix="llm1bit-out-") as folder:
+            tmp = Path(folder) / "out"
+            yield tmp
+            sys.stdout.flush()
+            sys.stdout.buffer.write(tmp.read_bytes())
+            sys.stdout.buffer.flush()
+        return
+    target = _target(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=target.suffix, dir=target.parent)
+        os.close(fd)
+    except OSError as exc:
+        raise _write_error(path, exc) from None
     try:
         yield Path(tmp)
         _publish_mode(tmp)
-        os.replace(tmp, path)
+        os.replace(tmp, target)
+    except OSError as exc:
+        raise _write_error(path, exc) from None
     finally:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

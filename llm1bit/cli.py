@@ -10,6 +10,7 @@ import importlib
 import click
 
 from llm1bit import __version__
+from llm1bit.errors import Interrupted
 
 # name -> "module:attribute"; the order is the order of `llm1bit --help`.
 COMMANDS: dict[str, str] = {
@@ -38,6 +39,16 @@ class LazyGroup(click.Group):
             return None
         module, attr = target.split(":")
         return getattr(importlib.import_module(module), attr)
+
+    def invoke(self, ctx: click.Context):
+        """Ctrl-C anywhere: one line and exit 130 (commands with resumable work say what they kept)."""
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise Interrupted(
+                "interrupted: no output was written; finished work that a command keeps "
+                "(simulator runs, quantized layers) is reused when it is run again"
+            ) from None
 
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

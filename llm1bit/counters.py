@@ -38,6 +38,10 @@ class Counters:
 
     __rmul__ = __mul__
 
+    def is_negative(self) -> bool:
+        """A composed counter below zero can only come from a wrong stored piece."""
+        return any(getattr(self, f.name) < 0 for f in fields(self))
+
     def to_dict(self) -> dict[str, int]:
         return asdict(self)
 

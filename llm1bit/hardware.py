@@ -32,6 +32,7 @@ class Hardware:
     ifmap_offset: int = 0
     filter_offset: int = 10_000_000
     ofmap_offset: int = 20_000_000
+    source: str = ""  # absolute path of the .cfg it was read from
 
     def with_dataflow(self, dataflow: str | None) -> Hardware:
         if dataflow is None:
@@ -120,15 +121,33 @@ def read_cfg(path: str | Path) -> Hardware:
 
 
 def load_hardware(spec: str, dataflow: str | None = None) -> Hardware:
-    """`cloud`, `edge`, or a path to any SCALE-Sim `.cfg`; `dataflow` overrides the file's."""
-    if spec in BUILTIN_HW:
-        hw = read_cfg(HW_DIR / f"{spec}.cfg")
-        hw = dataclasses.replace(hw, name=spec)
+    """`cloud`, `edge`, or a path to any SCALE-Sim `.cfg`; `dataflow` overrides the file's.
+
+    The label (`name`) is what the user typed: the built-in name or the path, never the file's
+    run_name, so two different files never share a label."""
+    text = spec.strip()
+    if text in BUILTIN_HW:
+        path, label = HW_DIR / f"{text}.cfg", text
     else:
-        path = Path(spec)
+        path, label = Path(text), text
         if not path.is_file():
-            raise UserError(
-                f"unknown hardware {spec!r}: not a built-in name ({', '.join(BUILTIN_HW)}) nor an existing .cfg file"
-            )
-        hw = read_cfg(path)
+            if not text:
+                raise UserError("no hardware given; give cloud, edge or a SCALE-Sim .cfg path")
+            if path.exists():
+                raise UserError(f"hardware {text!r} is not a regular .cfg file")
+            if "/" in text or text.endswith(".cfg"):
+                raise UserError(f"hardware config {text} does not exist")
+            raise unknown_choice("hardware", text, BUILTIN_HW + ("a .cfg path",))
+    hw = dataclasses.replace(read_cfg(path), name=label, source=str(path.resolve()))
     return hw.with_dataflow(dataflow)
+
+
+def load_hardware_list(specs: list[str]) -> list[Hardware]:
+    """Several `--hw` items; repeats of one file (by its resolved path) are dropped, none is an error."""
+    out: dict[str, Hardware] = {}
+    for spec in specs:
+        hw = load_hardware(spec)
+        out.setdefault(hw.source, hw)
+    if not out:
+        raise UserError("no hardware given; example: --hw cloud,edge or --hw my_array.cfg")
+    return list(out.values())

@@ -32,6 +32,7 @@ class LayerResult:
             "sram_ofmap_writes": c.sram_ofmap_writes,
             "dram_reads": c.dram_reads,
             "dram_writes": c.dram_writes,
+            "window": g.window or None,
         }
 
 
@@ -85,26 +86,56 @@ class Split:
         free = self.totals[MATMUL_FREE]
         return (free.dram_reads + free.dram_writes) / (self.total.dram_reads + self.total.dram_writes)
 
-    def to_dict(self) -> dict:
+    def label(self) -> dict:
+        """Everything that decides this point's numbers, flat (the leading CSV columns)."""
+        from llm1bit.backends.scalesim_runner import SCALESIM_VERSION
+
+        hw = self.hw
         return {
             "model": self.model.name,
-            "hw": self.hw.name,
-            "dataflow": self.hw.dataflow,
+            "model_source": self.model.source,
+            "architecture": self.model.architecture,
+            "hw": hw.name,
+            "hw_file": hw.source,
+            "array_rows": hw.rows,
+            "array_cols": hw.cols,
+            "ifmap_sram_kb": hw.ifmap_sram_kb,
+            "filter_sram_kb": hw.filter_sram_kb,
+            "ofmap_sram_kb": hw.ofmap_sram_kb,
+            "dataflow": hw.dataflow,
+            "hw_fingerprint": hw.fingerprint(),
             "seq_len": self.seq_len,
             "phase": self.phase,
             "batch": self.batch,
             "backend": self.backend,
+            # the analytic backend is the closed form of this SCALE-Sim version's counters
+            "scalesim_version": SCALESIM_VERSION,
+        }
+
+    def to_dict(self) -> dict:
+        label = self.label()
+        hw = self.hw
+        return {
+            **{k: label[k] for k in ("model", "hw", "dataflow", "seq_len", "phase", "batch", "backend")},
             "layers": [layer.to_dict() for layer in self.layers],
             "totals": {part: _totals_dict(self.totals[part]) for part in PARTS},
             "fraction": {"cycles": self.frac_cycles, "memory": self.frac_memory, "dram": self.frac_dram},
             "config": {
                 "model_source": self.model.source,
                 "architecture": self.model.architecture,
+                "attention_windows": {str(w): n for w, n in self.model.window_groups.items() if w},
                 "hardware": {
-                    "rows": self.hw.rows,
-                    "cols": self.hw.cols,
-                    "fingerprint": self.hw.fingerprint(),
+                    "file": hw.source,
+                    "rows": hw.rows,
+                    "cols": hw.cols,
+                    "ifmap_sram_kb": hw.ifmap_sram_kb,
+                    "filter_sram_kb": hw.filter_sram_kb,
+                    "ofmap_sram_kb": hw.ofmap_sram_kb,
+                    "dataflow": hw.dataflow,
+                    "fingerprint": label["hw_fingerprint"],
                 },
+                "backend": self.backend,
+                "scalesim": label["scalesim_version"],
                 "llm1bit": __version__,
             },
         }

@@ -5,23 +5,36 @@ from __future__ import annotations
 import csv
 import io
 import itertools
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from llm1bit.cache import ResultCache
-from llm1bit.engine import Progress, evaluate
+from llm1bit.engine import Progress, RunReport, evaluate
+from llm1bit.errors import UserError
 from llm1bit.hardware import Hardware
 from llm1bit.models import ModelSpec
 from llm1bit.split import LayerResult, Split
 from llm1bit.workload import build_workload
 
+# What decides a row's numbers first (model, hardware, settings, backend), then the counters.
 CSV_COLUMNS = (
     "model",
+    "model_source",
+    "architecture",
     "hw",
+    "hw_file",
+    "array_rows",
+    "array_cols",
+    "ifmap_sram_kb",
+    "filter_sram_kb",
+    "ofmap_sram_kb",
     "dataflow",
+    "hw_fingerprint",
     "seq_len",
     "phase",
     "batch",
     "backend",
+    "scalesim_version",
     "matmul_free_cycles",
     "matmul_cycles",
     "matmul_free_accesses",
@@ -50,10 +63,23 @@ def points(
     phase: str = "decode",
     batch: int = 1,
 ) -> list[Point]:
-    return [
-        Point(model, hw.with_dataflow(df), seq_len, phase, batch)
-        for model, hw, df, seq_len in itertools.product(models, hardware, dataflows, seq_lens)
-    ]
+    """Every combination, each once (repeated list items give one point)."""
+    combos = itertools.product(models, hardware, dict.fromkeys(dataflows), dict.fromkeys(seq_lens))
+    return list(dict.fromkeys(Point(m, hw.with_dataflow(df), seq, phase, batch) for m, hw, df, seq in combos))
+
+
+def uncovered_points(pts: Iterable[Point]) -> list[Point]:
+    """Points with a GEMM the exact composition of the real SCALE-Sim does not cover (backends.scalesim)."""
+    from llm1bit.backends.scalesim import check_exact
+
+    out = []
+    for p in pts:
+        try:
+            for g in build_workload(p.model, p.seq_len, p.phase, p.batch):
+                check_exact(*g.shape, p.hw)
+        except UserError:
+            out.append(p)
+    return out
 
 
 def run_points(
@@ -62,35 +88,40 @@ def run_points(
     cache: ResultCache | None = None,
     jobs: int | None = None,
     progress: Progress | None = None,
+    strict: bool = False,
+    report: RunReport | None = None,
 ) -> list[Split]:
-    """Simulate every point; distinct GEMMs are simulated once across the whole sweep."""
-    workloads = [build_workload(p.model, p.seq_len, p.phase, p.batch) for p in pts]
-    wanted = [(g.shape, p.hw) for p, gemms in zip(pts, workloads) for g in gemms]
-    counters = evaluate(wanted, backend, cache=cache, jobs=jobs, progress=progress)
+    """Simulate every point; distinct GEMMs are simulated once across the whole sweep.
+
+    With the scalesim backend, a point that the exact composition does not cover is computed by
+    the analytic closed form (equal to SCALE-Sim there too) and its Split says `analytic`;
+    `strict` refuses such points instead (the first uncovered GEMM's one-line error)."""
+    workloads = {p: build_workload(p.model, p.seq_len, p.phase, p.batch) for p in pts}
+    backend_of = dict.fromkeys(pts, backend)
+    if backend == "scalesim" and not strict:
+        backend_of.update(dict.fromkeys(uncovered_points(pts), "analytic"))
+    counters = {}
+    for name in dict.fromkeys(backend_of.values()):
+        wanted = [(g.shape, p.hw) for p in pts if backend_of[p] == name for g in workloads[p]]
+        counters[name] = evaluate(wanted, name, cache=cache, jobs=jobs, progress=progress, report=report)
     return [
         Split(
             model=p.model,
             hw=p.hw,
             seq_len=p.seq_len,
-            backend=backend,
+            backend=backend_of[p],
             phase=p.phase,
             batch=p.batch,
-            layers=[LayerResult(g, counters[(g.shape, p.hw)]) for g in gemms],
+            layers=[LayerResult(g, counters[backend_of[p]][(g.shape, p.hw)]) for g in workloads[p]],
         )
-        for p, gemms in zip(pts, workloads)
+        for p in pts
     ]
 
 
 def csv_row(split: Split) -> dict:
     free, mm = split.totals["matmul_free"], split.totals["matmul"]
     return {
-        "model": split.model.name,
-        "hw": split.hw.name,
-        "dataflow": split.hw.dataflow,
-        "seq_len": split.seq_len,
-        "phase": split.phase,
-        "batch": split.batch,
-        "backend": split.backend,
+        **split.label(),
         "matmul_free_cycles": free.cycles,
         "matmul_cycles": mm.cycles,
         "matmul_free_accesses": free.memory_accesses,

@@ -5,7 +5,12 @@ matrix-vector product with M = batch, N = output size, K = contraction size, the
 filter operand. Attention products use the cached K / V as the filter operand: per K/V head,
 Q.K^T is (g x d_h).(d_h x l) and score.V is (g x l).(l x d_h), with g = query heads sharing that
 K/V head (g = 1 without grouped-query attention). Prefill processes the whole prompt of l tokens:
-M = batch * l for the projections and g * l for the attention products."""
+M = batch * l for the projections and g * l for the attention products.
+
+Sliding-window layers (window W) keep apart from full-attention ones: in decode their products span
+min(l, W) cached tokens, the current one included (transformers' mask keeps key j for query i when
+i - W < j <= i). Prefill computes the dense l x l products and masks them, as transformers' eager
+and SDPA attention do, so windowed prefill products have the full-attention shapes (still labelled)."""
 
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ class Gemm:
     n: int
     k: int
     count: int  # occurrences per forward step of the whole model (per block x blocks x heads x sequences)
+    window: int = 0  # attention products of sliding-window layers: the window W (0: full attention)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -69,9 +75,12 @@ def build_workload(model: ModelSpec, seq_len: int, phase: str = "decode", batch:
         ]
     else:
         gemms += [proj("ffn_in", model.d_ff, d), proj("ffn_out", d, model.d_ff)]
-    heads = hkv * batch * layers
-    gemms += [
-        Gemm("attn_qk", MATMUL, rows, seq_len, dh, heads),
-        Gemm("attn_sv", MATMUL, rows, dh, seq_len, heads),
-    ]
+    for window, n_layers in model.window_groups.items():
+        span = min(seq_len, window) if window and phase == "decode" else seq_len
+        suffix = "_swa" if window else ""
+        heads = hkv * batch * n_layers
+        gemms += [
+            Gemm(f"attn_qk{suffix}", MATMUL, rows, span, dh, heads, window),
+            Gemm(f"attn_sv{suffix}", MATMUL, rows, dh, span, heads, window),
+        ]
     return gemms

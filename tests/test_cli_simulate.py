@@ -26,6 +26,7 @@ LAYER_KEYS = {
     "sram_ofmap_writes",
     "dram_reads",
     "dram_writes",
+    "window",
 }
 
 

@@ -15,12 +15,11 @@ from llm1bit.figures.common import (
     FigureSpec,
     backend_note,
     model_color,
-    outside_composition,
     simulate,
 )
 from llm1bit.hardware import load_hardware
 from llm1bit.models import PAPER_MODELS, resolve_models
-from llm1bit.sweep import points, run_points, to_csv
+from llm1bit.sweep import points, run_points, to_csv, uncovered_points
 
 BACKEND = "analytic" if importlib.util.find_spec("llm1bit.backends.analytic") else "scalesim"
 SMALL = dict(
@@ -219,7 +218,7 @@ def test_points_of_all_figures_are_simulated_in_one_call(monkeypatch):
 def test_scalesim_falls_back_to_analytic_outside_the_exact_composition():
     edge_ws = points(resolve_models("opt-6.7b"), [load_hardware("edge")], [2048], ["ws"])
     cloud_os = points(resolve_models("opt-350m"), [load_hardware("cloud")], [128], [None])
-    assert outside_composition(edge_ws + cloud_os) == edge_ws
+    assert uncovered_points(edge_ws + cloud_os) == edge_ws
     spec = FigureSpec("figXX", "test", points=lambda s: edge_ws, draw=lambda s, r, o: [])
     settings = Settings(backend="scalesim")
     results = simulate([spec], settings)  # runs no real simulation: every point falls back

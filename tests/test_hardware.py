@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from llm1bit.errors import UserError
@@ -34,7 +36,10 @@ def test_cfg_round_trip(tmp_path):
     path = tmp_path / "tiny.cfg"
     path.write_text(hw.to_cfg())
     assert read_cfg(path) == hw
-    assert load_hardware(str(path)) == hw
+    loaded = load_hardware(str(path))
+    # labelled by the path given (not the file's run_name), with the file it came from
+    assert loaded == dataclasses.replace(hw, name=str(path), source=str(path.resolve()))
+    assert loaded.fingerprint() == hw.fingerprint()
 
 
 @pytest.mark.parametrize(

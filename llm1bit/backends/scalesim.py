@@ -17,7 +17,8 @@ set window (50 sets of 1 % of the SRAM each). Data re-read by later folds is a h
 window has not moved, i.e. while the re-read operand is smaller than half its SRAM. Its write
 buffer drains to DRAM once it holds more than half the output SRAM, and each drain mid-run counts
 the padding of a partly filled line as writes. `check_exact` refuses the shapes outside that
-regime (none of the OS decode workloads of the built-in models)."""
+regime (none of the OS decode workloads of the built-in models); sweep.run_points
+computes such points with the analytic closed form unless asked to be strict."""
 
 from __future__ import annotations
 
@@ -85,12 +86,12 @@ def check_exact(m: int, n: int, k: int, hw: Hardware) -> None:
         raise UserError(
             f"GEMM M={m} N={n} K={k} on {hw.name} ({hw.dataflow}): its {outputs} output writes overflow half the "
             f"output SRAM ({hw.ofmap_sram_kb} kB), where SCALE-Sim's DRAM write count picks up line padding; "
-            "the exact composition does not cover it; use --backend analytic (exact there too)"
+            "the exact composition does not cover it (without --strict: computed by the analytic closed form, exact there)"
         )
     for operand, size, sram_kb, is_reread in reread:
         if is_reread and size >= _window_elems(sram_kb):
             raise UserError(
                 f"GEMM M={m} N={n} K={k} on {hw.name} ({hw.dataflow}): the {operand} operand ({size} words) is "
                 f"re-read by later folds and outgrows SCALE-Sim's buffer window ({_window_elems(sram_kb)} words); "
-                "the exact composition does not cover it; use --backend analytic (exact there too)"
+                "the exact composition does not cover it (without --strict: computed by the analytic closed form, exact there)"
             )

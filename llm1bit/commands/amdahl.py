@@ -8,7 +8,13 @@ from pathlib import Path
 
 import click
 
-from llm1bit.commands.options import cache_option, make_cache, positive_int, simulator_progress
+from llm1bit.commands.options import (
+    cache_option,
+    make_cache,
+    positive_int,
+    simulator_progress,
+    warn_beyond_context,
+)
 
 
 @click.command()
@@ -76,8 +82,13 @@ def amdahl(
     speeds = parse_s_partial(s_partial, s_range)
     if plot is not None and plot.suffix.lower() not in (".png", ".pdf", ".svg"):
         raise UserError(f"--plot {plot}: use a .png, .pdf or .svg file name")
+    if plot is not None:
+        from llm1bit.atomic import check_output
+
+        check_output(plot)
     models = resolve_models(model_names)
     pts = points(models, [load_hardware(hw_spec)], [seq_len], [dataflow], phase, batch)
+    warn_beyond_context(pts)
     with simulator_progress("SCALE-Sim runs") as progress:
         splits = run_points(pts, backend, cache=make_cache(cache_dir), jobs=jobs, progress=progress)
     results = []

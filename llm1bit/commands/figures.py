@@ -109,6 +109,7 @@ def figures(
             TimeElapsedColumn(),
             console=console,
             transient=True,
+            disable=not console.is_terminal,  # no stray newline on stderr without a terminal
         ) as bar:
             task = bar.add_task("simulating", total=len(names))
 

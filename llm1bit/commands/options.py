@@ -54,18 +54,46 @@ def make_cache(cache_dir: Path | None, no_cache: bool = False):
     return ResultCache(cache_dir or default_cache_dir())
 
 
+def strict_option(f: Callable) -> Callable:
+    return click.option(
+        "--strict",
+        is_flag=True,
+        help="With --backend scalesim: refuse points outside the exact composition of the real simulator "
+        "instead of computing them with its closed form (the analytic backend, equal there).",
+    )(f)
+
+
+def warn_beyond_context(pts) -> None:
+    """One warning per model simulated beyond its config's max_position_embeddings (never a refusal)."""
+    from llm1bit.errors import warn
+
+    longest: dict = {}
+    for p in pts:
+        if p.model.max_positions and p.seq_len > p.model.max_positions:
+            longest[p.model] = max(longest.get(p.model, 0), p.seq_len)
+    for model, seq_len in longest.items():
+        warn(
+            f"{model.name}: l = {seq_len} exceeds its max_position_embeddings {model.max_positions}; "
+            "simulated anyway"
+        )
+
+
 @contextmanager
 def simulator_progress(description: str):
-    """A rich progress bar on stderr (silent when stderr is not a terminal); yields a progress(done, total)."""
+    """A rich progress bar on stderr; yields a progress(done, total). Silent (no output at all) without a terminal."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        yield None
+        return
     with Progress(
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
-        console=Console(stderr=True),
+        console=console,
         transient=True,
     ) as bar:
         task = bar.add_task(description, total=None)

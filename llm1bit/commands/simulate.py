@@ -7,7 +7,14 @@ from pathlib import Path
 
 import click
 
-from llm1bit.commands.options import cache_option, make_cache, positive_int, simulator_progress
+from llm1bit.commands.options import (
+    cache_option,
+    make_cache,
+    positive_int,
+    simulator_progress,
+    strict_option,
+    warn_beyond_context,
+)
 
 
 @click.command()
@@ -33,6 +40,7 @@ from llm1bit.commands.options import cache_option, make_cache, positive_int, sim
     "--batch", default="1", callback=positive_int, show_default=True, help="Sequences per decode step."
 )
 @click.option("--jobs", default=None, callback=positive_int, help="Worker processes [default: CPU count].")
+@strict_option
 @cache_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 def simulate(
@@ -44,6 +52,7 @@ def simulate(
     phase: str,
     batch: int,
     jobs: int | None,
+    strict: bool,
     cache_dir: Path | None,
     as_json: bool,
 ) -> None:
@@ -60,8 +69,18 @@ def simulate(
     from llm1bit.sweep import Point, run_points
 
     point = Point(resolve_model(model_name), load_hardware(hw_spec, dataflow), seq_len, phase, batch)
+    warn_beyond_context([point])
     with simulator_progress(f"SCALE-Sim runs for {point.model.name}") as progress:
-        (split,) = run_points([point], backend, cache=make_cache(cache_dir), jobs=jobs, progress=progress)
+        (split,) = run_points(
+            [point], backend, cache=make_cache(cache_dir), jobs=jobs, progress=progress, strict=strict
+        )
+    if split.backend != backend:
+        from llm1bit.errors import warn
+
+        warn(
+            f"{point.model.name} on {point.hw.name} ({point.hw.dataflow}) is outside the exact composition of "
+            "the real SCALE-Sim; computed by its closed form (backend analytic, equal there). --strict refuses"
+        )
     if as_json:
         click.echo(json.dumps(split.to_dict(), indent=2))
     else:
@@ -82,6 +101,7 @@ def print_split(split) -> None:
     for col in (
         "product",
         "part",
+        "window",
         "M",
         "N",
         "K",
@@ -99,6 +119,7 @@ def print_split(split) -> None:
         table.add_row(
             g.name,
             "MatMul" if g.part == "matmul" else "free",
+            str(g.window) if g.window else "",
             str(g.m),
             str(g.n),
             str(g.k),

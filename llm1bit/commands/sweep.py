@@ -13,6 +13,8 @@ from llm1bit.commands.options import (
     parse_name_list,
     positive_int,
     simulator_progress,
+    strict_option,
+    warn_beyond_context,
 )
 
 SEQ_LENS = "128,256,512,1024,2048,4096"
@@ -39,9 +41,14 @@ SEQ_LENS = "128,256,512,1024,2048,4096"
 @click.option("--phase", type=click.Choice(["decode", "prefill"]), default="decode", show_default=True)
 @click.option("--batch", default="1", callback=positive_int, show_default=True)
 @click.option("--jobs", default=None, callback=positive_int, help="Worker processes [default: CPU count].")
+@strict_option
 @cache_option
 @click.option(
-    "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True, help="CSV to write."
+    "-o",
+    "--output",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="CSV to write (- for standard output).",
 )
 def sweep(
     model_names: str,
@@ -52,6 +59,7 @@ def sweep(
     phase: str,
     batch: int,
     jobs: int | None,
+    strict: bool,
     cache_dir: Path | None,
     output: Path,
 ) -> None:
@@ -64,14 +72,15 @@ def sweep(
       llm1bit sweep --models opt --hw cloud -o opt-cloud.csv
       llm1bit sweep --models paper --hw cloud,edge --dataflows os,ws,is --backend analytic -o all.csv
     """
-    from llm1bit.atomic import atomic_write_text
-    from llm1bit.errors import unknown_choice
-    from llm1bit.hardware import DATAFLOWS, load_hardware
+    from llm1bit.atomic import atomic_write_text, check_output
+    from llm1bit.engine import RunReport
+    from llm1bit.errors import UserError, unknown_choice
+    from llm1bit.hardware import DATAFLOWS, load_hardware_list
     from llm1bit.models import resolve_models
-    from llm1bit.sweep import points, run_points, to_csv
+    from llm1bit.sweep import points, run_points, to_csv, uncovered_points
 
     models = resolve_models(model_names)
-    hardware = [load_hardware(h) for h in parse_name_list(hw_specs)]
+    hardware = load_hardware_list(parse_name_list(hw_specs))
     lengths = parse_int_list("--seq-lens", seq_lens)
     flows: list[str | None] = [None]
     if dataflows:
@@ -79,12 +88,42 @@ def sweep(
         for df in flows:
             if df not in DATAFLOWS:
                 raise unknown_choice("dataflow", df, DATAFLOWS)
-    if output.parent and not output.parent.exists():
-        from llm1bit.errors import UserError
-
-        raise UserError(f"cannot write {output}: folder {output.parent} does not exist")
+    check_output(output)
     pts = points(models, hardware, lengths, flows, phase, batch)
+    warn_beyond_context(pts)
+    if strict and backend == "scalesim":
+        uncovered = uncovered_points(pts)
+        if uncovered:
+            listing = output.with_name(output.name + ".uncovered.csv") if str(output) != "-" else None
+            if listing is not None:
+                atomic_write_text(
+                    listing,
+                    "model,hw,dataflow,seq_len,phase,batch\n"
+                    + "".join(
+                        f"{p.model.name},{p.hw.name},{p.hw.dataflow},{p.seq_len},{p.phase},{p.batch}\n"
+                        for p in uncovered
+                    ),
+                )
+            where = f"listed in {listing}" if listing else "rerun with -o FILE for their list"
+            raise UserError(
+                f"--strict: {len(uncovered)} of {len(pts)} points are outside the exact composition of the real "
+                f"SCALE-Sim ({where}); without --strict they are computed by its closed form"
+            )
+    report = RunReport()
     with simulator_progress(f"SCALE-Sim runs for {len(pts)} points") as progress:
-        splits = run_points(pts, backend, cache=make_cache(cache_dir), jobs=jobs, progress=progress)
+        splits = run_points(
+            pts,
+            backend,
+            cache=make_cache(cache_dir),
+            jobs=jobs,
+            progress=progress,
+            strict=strict,
+            report=report,
+        )
     atomic_write_text(output, to_csv(splits))
-    click.echo(f"wrote {len(splits)} rows to {output}", err=True)
+    fallback = sum(s.backend != backend for s in splits)
+    notes = [
+        n for n in (report.summary(), fallback and f"{fallback} points by the analytic closed form") if n
+    ]
+    where = "standard output" if str(output) == "-" else output
+    click.echo(f"wrote {len(splits)} rows to {where}" + (f" ({'; '.join(notes)})" if notes else ""), err=True)

@@ -28,15 +28,13 @@ def topology(model_name: str, seq_len: int, phase: str, batch: int, output: Path
       llm1bit topology --model opt-6.7b --seq-len 2048 -o opt-6.7b.csv
       python -m scalesim.scale -c hw_configs/cloud.cfg -t opt-6.7b.csv -i gemm
     """
-    from llm1bit.atomic import atomic_write_text
+    from llm1bit.atomic import atomic_write_text, is_stdout
     from llm1bit.backends.scalesim_runner import topology_csv
     from llm1bit.models import resolve_model
     from llm1bit.workload import build_workload
 
     gemms = build_workload(resolve_model(model_name), seq_len, phase, batch)
     text = topology_csv([(g.name, g.m, g.n, g.k) for g in gemms])
-    if output is None:
-        click.echo(text, nl=False)
-    else:
-        atomic_write_text(output, text)
+    atomic_write_text(output or "-", text)
+    if output is not None and not is_stdout(output):
         click.echo(f"wrote {output}", err=True)

@@ -119,21 +119,6 @@ def lookup(results: Results, pts: Iterable[Point]) -> list[Split]:
 # --- one simulation for all figures ---------------------------------------------------------------
 
 
-def outside_composition(pts: Iterable[Point]) -> list[Point]:
-    """Points with a GEMM the exact SCALE-Sim composition refuses (e.g. IS / WS FFNs on the edge TPU)."""
-    from llm1bit.backends.scalesim import check_exact
-    from llm1bit.workload import build_workload
-
-    out = []
-    for p in pts:
-        try:
-            for g in build_workload(p.model, p.seq_len, p.phase, p.batch):
-                check_exact(*g.shape, p.hw)
-        except UserError:
-            out.append(p)
-    return out
-
-
 def simulate(
     specs: Sequence[FigureSpec],
     settings: Settings,
@@ -141,23 +126,13 @@ def simulate(
     jobs: int | None = None,
     progress: Progress | None = None,
 ) -> Results:
-    """Simulate the points of all `specs` at once (one deduplicated run per backend).
+    """Simulate the points of all `specs` at once (one deduplicated run).
 
     With the scalesim backend, points the exact composition of the real simulator cannot cover
     fall back to the analytic closed form (field-for-field equal to SCALE-Sim); their rows say
     `analytic` in the backend column and the figure's title counts them."""
     wanted = list(dict.fromkeys(p for spec in specs for p in spec.points(settings)))
-    fallback = set(outside_composition(wanted)) if settings.backend == "scalesim" else set()
-    main = [p for p in wanted if p not in fallback]
-    rest = [p for p in wanted if p in fallback]
-    results: Results = {}
-    if main:
-        results.update(
-            zip(main, run_points(main, settings.backend, cache=cache, jobs=jobs, progress=progress))
-        )
-    if rest:
-        results.update(zip(rest, run_points(rest, "analytic")))
-    return results
+    return dict(zip(wanted, run_points(wanted, settings.backend, cache=cache, jobs=jobs, progress=progress)))
 
 
 def backend_note(settings: Settings, splits: Sequence[Split]) -> str:
