@@ -76,3 +76,25 @@ def parse_s_partial(values: str | None, s_range: str | None) -> tuple[float, ...
             raise UserError(f"--s-partial {item.strip()} must be > 0 (values below 1 are slowdowns)")
         out.append(value)
     return tuple(out)
+
+
+METRIC_FRACTION = {
+    "cycles": "frac_cycles",
+    "memory": "frac_memory",
+    "time": "frac_time",
+    "energy": "frac_energy",
+}
+
+
+def derive(base, new) -> dict[str, float]:
+    """S_partial and S_total derived from two simulated points (Splits): the study's 16-bit one and one at
+    the requested precisions, for time and for energy. When only the projections change, S_total equals
+    Amdahl's law of the 16-bit fraction at the derived S_partial, exactly (both are sums of the same parts)."""
+    out = {}
+    for metric, attr, total in (("time", "time_s", "latency_s"), ("energy", "energy_j", "energy_j")):
+        out[f"s_partial_{metric}"] = getattr(base.costs["matmul_free"], attr) / getattr(
+            new.costs["matmul_free"], attr
+        )
+        out[f"s_total_{metric}"] = getattr(base, total) / getattr(new, total)
+        out[f"fraction_{metric}_16bit"] = getattr(base, f"frac_{metric}")
+    return out

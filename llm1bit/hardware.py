@@ -5,6 +5,7 @@ from __future__ import annotations
 import configparser
 import dataclasses
 import hashlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,6 +14,10 @@ from llm1bit.errors import UserError, unknown_choice
 # cloud.cfg and edge.cfg, package data; the top-level hw_configs/ of the repository links here.
 HW_DIR = Path(__file__).resolve().parent / "hw_configs"
 BUILTIN_HW = ("cloud", "edge")
+# A .cfg without an [llm1bit] section: TPU v1 (Jouppi et al., ISCA 2017), 700 MHz and 34 GB/s DDR3.
+DEFAULT_FREQ_MHZ = 700.0
+DEFAULT_DRAM_GBPS = 34.0
+LLM1BIT_SECTION = "llm1bit"
 DATAFLOWS = ("os", "ws", "is")
 
 
@@ -33,6 +38,9 @@ class Hardware:
     filter_offset: int = 10_000_000
     ofmap_offset: int = 20_000_000
     source: str = ""  # absolute path of the .cfg it was read from
+    # llm1bit's own [llm1bit] section (SCALE-Sim ignores it): clock and DRAM bandwidth for time.
+    freq_mhz: float = DEFAULT_FREQ_MHZ
+    dram_gbps: float = DEFAULT_DRAM_GBPS  # 10^9 bytes per second
 
     def with_dataflow(self, dataflow: str | None) -> Hardware:
         if dataflow is None:
@@ -40,6 +48,17 @@ class Hardware:
         if dataflow not in DATAFLOWS:
             raise unknown_choice("dataflow", dataflow, DATAFLOWS)
         return dataclasses.replace(self, dataflow=dataflow)
+
+    def with_clock(self, freq_mhz: float | None = None, dram_gbps: float | None = None) -> Hardware:
+        """Override the clock (MHz) and the DRAM bandwidth (10^9 bytes/s); both must be > 0."""
+        for flag, value in (("--freq-mhz", freq_mhz), ("--dram-gbps", dram_gbps)):
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise UserError(f"{flag} {value:g} must be a positive number")
+        return dataclasses.replace(
+            self,
+            freq_mhz=self.freq_mhz if freq_mhz is None else float(freq_mhz),
+            dram_gbps=self.dram_gbps if dram_gbps is None else float(dram_gbps),
+        )
 
     def to_cfg(self, run_name: str | None = None) -> str:
         """SCALE-Sim 2.0.2 config text (no [network_presets]: 2.0.2 misreads it)."""
@@ -117,7 +136,26 @@ def read_cfg(path: str | Path) -> Hardware:
         ifmap_offset=_int_field(cp, path, "IfmapOffset"),
         filter_offset=_int_field(cp, path, "FilterOffset"),
         ofmap_offset=_int_field(cp, path, "OfmapOffset"),
+        freq_mhz=_clock_field(cp, path, "FrequencyMHz", DEFAULT_FREQ_MHZ),
+        dram_gbps=_clock_field(cp, path, "DramBandwidthGBps", DEFAULT_DRAM_GBPS),
     )
+
+
+def _clock_field(cp: configparser.ConfigParser, path: Path, key: str, default: float) -> float:
+    raw = cp.get(LLM1BIT_SECTION, key, fallback=None)
+    if raw is None:
+        return default
+    try:
+        value = float(raw.strip())
+    except ValueError:
+        raise UserError(
+            f"malformed hardware config {path}: [{LLM1BIT_SECTION}] {key} = {raw!r} is not a number"
+        ) from None
+    if not (math.isfinite(value) and value > 0):
+        raise UserError(
+            f"malformed hardware config {path}: [{LLM1BIT_SECTION}] {key} = {value:g} must be > 0"
+        )
+    return value
 
 
 def load_hardware(spec: str, dataflow: str | None = None) -> Hardware:

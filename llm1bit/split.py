@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from llm1bit import __version__
+from llm1bit.costs import Cost, Pricing
 from llm1bit.counters import Counters
 from llm1bit.hardware import Hardware
 from llm1bit.models import ModelSpec
@@ -15,10 +16,10 @@ from llm1bit.workload import MATMUL, MATMUL_FREE, PARTS, Gemm
 class LayerResult:
     gemm: Gemm
     counters: Counters  # of one occurrence
+    cost: Cost  # of one occurrence
 
     def to_dict(self) -> dict:
-        c = self.counters
-        g = self.gemm
+        c, g, cost = self.counters, self.gemm, self.cost
         return {
             "name": g.name,
             "part": g.part,
@@ -32,7 +33,52 @@ class LayerResult:
             "sram_ofmap_writes": c.sram_ofmap_writes,
             "dram_reads": c.dram_reads,
             "dram_writes": c.dram_writes,
+            "dram_ifmap_reads": c.dram_ifmap_reads,
+            "dram_filter_reads": c.dram_filter_reads,
+            "dram_ofmap_writes": c.dram_ofmap_writes,
             "window": g.window or None,
+            "weight_bits": cost.weight_bits,
+            "filter_bits": cost.filter_bits,
+            "sram_bytes": cost.sram_bytes,
+            "dram_bytes": cost.dram_bytes,
+            "time_s": cost.time_s,
+            "bound": cost.bound,
+            "energy_j": cost.energy_j,
+        }
+
+
+@dataclass(frozen=True)
+class PartCost:
+    """Costs of a part summed over its GEMMs x count."""
+
+    sram_bytes: float = 0.0
+    dram_bytes: float = 0.0
+    time_s: float = 0.0
+    ops_j: float = 0.0
+    sram_j: float = 0.0
+    dram_j: float = 0.0
+
+    @property
+    def energy_j(self) -> float:
+        return self.ops_j + self.sram_j + self.dram_j
+
+    def plus(self, cost: Cost, count: int | float) -> PartCost:
+        return PartCost(
+            self.sram_bytes + cost.sram_bytes * count,
+            self.dram_bytes + cost.dram_bytes * count,
+            self.time_s + cost.time_s * count,
+            self.ops_j + cost.ops_j * count,
+            self.sram_j + cost.sram_j * count,
+            self.dram_j + cost.dram_j * count,
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "sram_bytes": self.sram_bytes,
+            "dram_bytes": self.dram_bytes,
+            "time_s": self.time_s,
+            "energy_j": self.energy_j,
+            "energy_breakdown_j": {"compute": self.ops_j, "sram": self.sram_j, "dram": self.dram_j},
         }
 
 
@@ -59,13 +105,50 @@ class Split:
     phase: str
     batch: int
     layers: list[LayerResult]
+    pricing: Pricing = field(default_factory=Pricing)
     totals: dict[str, Counters] = field(init=False)
+    costs: dict[str, PartCost] = field(init=False)
 
     def __post_init__(self) -> None:
         totals = {part: Counters() for part in PARTS}
+        costs = {part: PartCost() for part in PARTS}
         for layer in self.layers:
-            totals[layer.gemm.part] = totals[layer.gemm.part] + layer.counters * layer.gemm.count
+            part = layer.gemm.part
+            totals[part] = totals[part] + layer.counters * layer.gemm.count
+            costs[part] = costs[part].plus(layer.cost, layer.gemm.count)
         object.__setattr__(self, "totals", totals)
+        object.__setattr__(self, "costs", costs)
+
+    def _share(self, attr: str) -> float:
+        free, mm = getattr(self.costs[MATMUL_FREE], attr), getattr(self.costs[MATMUL], attr)
+        return free / (free + mm)
+
+    @property
+    def latency_s(self) -> float:
+        """One forward step: Σ time_s x count over every GEMM (no overlap across GEMMs)."""
+        return self.costs[MATMUL_FREE].time_s + self.costs[MATMUL].time_s
+
+    @property
+    def energy_j(self) -> float:
+        return self.costs[MATMUL_FREE].energy_j + self.costs[MATMUL].energy_j
+
+    @property
+    def tokens_per_s(self) -> float:
+        """Decode: batch tokens per step; prefill: batch x l tokens per step."""
+        tokens = self.batch if self.phase == "decode" else self.batch * self.seq_len
+        return tokens / self.latency_s
+
+    @property
+    def frac_time(self) -> float:
+        return self._share("time_s")
+
+    @property
+    def frac_energy(self) -> float:
+        return self._share("energy_j")
+
+    @property
+    def frac_dram_bytes(self) -> float:
+        return self._share("dram_bytes")
 
     @property
     def total(self) -> Counters:
@@ -110,6 +193,11 @@ class Split:
             "backend": self.backend,
             # the analytic backend is the closed form of this SCALE-Sim version's counters
             "scalesim_version": SCALESIM_VERSION,
+            **{k: v for k, v in self.pricing.precision.to_dict().items()},
+            "freq_mhz": hw.freq_mhz,
+            "dram_gbps": hw.dram_gbps,
+            "energy_table": self.pricing.energy.name,
+            "energy_table_sha256": self.pricing.energy.sha256,
         }
 
     def to_dict(self) -> dict:
@@ -118,8 +206,20 @@ class Split:
         return {
             **{k: label[k] for k in ("model", "hw", "dataflow", "seq_len", "phase", "batch", "backend")},
             "layers": [layer.to_dict() for layer in self.layers],
-            "totals": {part: _totals_dict(self.totals[part]) for part in PARTS},
-            "fraction": {"cycles": self.frac_cycles, "memory": self.frac_memory, "dram": self.frac_dram},
+            "totals": {
+                part: {**_totals_dict(self.totals[part]), **self.costs[part].to_dict()} for part in PARTS
+            },
+            "fraction": {
+                "cycles": self.frac_cycles,
+                "memory": self.frac_memory,
+                "dram": self.frac_dram,
+                "dram_bytes": self.frac_dram_bytes,
+                "time": self.frac_time,
+                "energy": self.frac_energy,
+            },
+            "latency_s": self.latency_s,
+            "tokens_per_s": self.tokens_per_s,
+            "energy_j": self.energy_j,
             "config": {
                 "model_source": self.model.source,
                 "architecture": self.model.architecture,
@@ -133,7 +233,12 @@ class Split:
                     "ofmap_sram_kb": hw.ofmap_sram_kb,
                     "dataflow": hw.dataflow,
                     "fingerprint": label["hw_fingerprint"],
+                    "freq_mhz": hw.freq_mhz,
+                    "dram_gbps": hw.dram_gbps,
                 },
+                "precision": self.pricing.precision.to_dict(),
+                "bcq_compute": self.pricing.bcq_compute,
+                "energy_table": self.pricing.energy.to_dict(),
                 "backend": self.backend,
                 "scalesim": label["scalesim_version"],
                 "llm1bit": __version__,

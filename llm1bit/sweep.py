@@ -6,9 +6,10 @@ import csv
 import io
 import itertools
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from llm1bit.cache import ResultCache
+from llm1bit.costs import Pricing, price
 from llm1bit.engine import Progress, RunReport, evaluate
 from llm1bit.errors import UserError
 from llm1bit.hardware import Hardware
@@ -35,6 +36,14 @@ CSV_COLUMNS = (
     "batch",
     "backend",
     "scalesim_version",
+    "weight_bits",
+    "act_bits",
+    "kv_bits",
+    "weight_format",
+    "freq_mhz",
+    "dram_gbps",
+    "energy_table",
+    "energy_table_sha256",
     "matmul_free_cycles",
     "matmul_cycles",
     "matmul_free_accesses",
@@ -43,6 +52,14 @@ CSV_COLUMNS = (
     "matmul_dram",
     "frac_cycles",
     "frac_memory",
+    "matmul_free_dram_bytes",
+    "matmul_dram_bytes",
+    "time_s",
+    "tokens_per_s",
+    "energy_j",
+    "frac_time",
+    "frac_energy",
+    "frac_dram_bytes",
 )
 
 
@@ -53,6 +70,7 @@ class Point:
     seq_len: int
     phase: str = "decode"
     batch: int = 1
+    pricing: Pricing = field(default_factory=Pricing)
 
 
 def points(
@@ -62,10 +80,19 @@ def points(
     dataflows: list[str | None],
     phase: str = "decode",
     batch: int = 1,
+    pricings: list[Pricing] | None = None,
 ) -> list[Point]:
     """Every combination, each once (repeated list items give one point)."""
-    combos = itertools.product(models, hardware, dict.fromkeys(dataflows), dict.fromkeys(seq_lens))
-    return list(dict.fromkeys(Point(m, hw.with_dataflow(df), seq, phase, batch) for m, hw, df, seq in combos))
+    combos = itertools.product(
+        models,
+        hardware,
+        dict.fromkeys(dataflows),
+        dict.fromkeys(seq_lens),
+        dict.fromkeys(pricings or [Pricing()]),
+    )
+    return list(
+        dict.fromkeys(Point(m, hw.with_dataflow(df), seq, phase, batch, pr) for m, hw, df, seq, pr in combos)
+    )
 
 
 def uncovered_points(pts: Iterable[Point]) -> list[Point]:
@@ -112,7 +139,12 @@ def run_points(
             backend=backend_of[p],
             phase=p.phase,
             batch=p.batch,
-            layers=[LayerResult(g, counters[backend_of[p]][(g.shape, p.hw)]) for g in workloads[p]],
+            layers=[
+                LayerResult(g, c, price(g, c, p.hw, p.pricing))
+                for g in workloads[p]
+                for c in (counters[backend_of[p]][(g.shape, p.hw)],)
+            ],
+            pricing=p.pricing,
         )
         for p in pts
     ]
@@ -130,6 +162,14 @@ def csv_row(split: Split) -> dict:
         "matmul_dram": mm.dram_reads + mm.dram_writes,
         "frac_cycles": f"{split.frac_cycles:.6f}",
         "frac_memory": f"{split.frac_memory:.6f}",
+        "matmul_free_dram_bytes": repr(split.costs["matmul_free"].dram_bytes),
+        "matmul_dram_bytes": repr(split.costs["matmul"].dram_bytes),
+        "time_s": repr(split.latency_s),
+        "tokens_per_s": repr(split.tokens_per_s),
+        "energy_j": repr(split.energy_j),
+        "frac_time": f"{split.frac_time:.6f}",
+        "frac_energy": f"{split.frac_energy:.6f}",
+        "frac_dram_bytes": f"{split.frac_dram_bytes:.6f}",
     }
 
 

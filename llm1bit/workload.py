@@ -34,6 +34,8 @@ class Gemm:
     k: int
     count: int  # occurrences per forward step of the whole model (per block x blocks x heads x sequences)
     window: int = 0  # attention products of sliding-window layers: the window W (0: full attention)
+    weight_bits: float | None = None  # projections whose blocks have their own width (else the point's)
+    weight_format: str | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:

@@ -27,6 +27,16 @@ LAYER_KEYS = {
     "dram_reads",
     "dram_writes",
     "window",
+    "dram_ifmap_reads",
+    "dram_filter_reads",
+    "dram_ofmap_writes",
+    "weight_bits",
+    "filter_bits",
+    "sram_bytes",
+    "dram_bytes",
+    "time_s",
+    "bound",
+    "energy_j",
 }
 
 

@@ -88,6 +88,8 @@ def test_json_config_carries_the_hardware(tmp_path):
         "ofmap_sram_kb": 2048,
         "dataflow": "os",
         "fingerprint": config["hardware"]["fingerprint"],
+        "freq_mhz": 921.6,
+        "dram_gbps": 25.6,
     }
     assert config["backend"] == "analytic" and config["scalesim"] == "2.0.2"
 

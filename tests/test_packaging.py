@@ -99,6 +99,9 @@ def test_wheel_holds_the_package_data_and_nothing_from_tests(wheel):
     expected = {f"llm1bit/hw_configs/{hw}.cfg" for hw in BUILTIN_HW}
     expected |= {f"llm1bit/configs/{p.name}" for p in configs}
     expected |= {"llm1bit/configs/README.md", "llm1bit/py.typed"}
+    # every data file in the package folder (energy tables, ...), not only those named here
+    data = [p for p in PACKAGE.rglob("*") if p.is_file() and p.suffix not in (".py", ".pyc")]
+    expected |= {f"llm1bit/{p.relative_to(PACKAGE).as_posix()}" for p in data if "__pycache__" not in p.parts}
     assert expected <= names, sorted(expected - names)
     assert not [n for n in names if n.startswith("tests/") or "/tests/" in n]
     top = {n.split("/", 1)[0] for n in names}

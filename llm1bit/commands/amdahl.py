@@ -10,7 +10,9 @@ import click
 
 from llm1bit.commands.options import (
     cache_option,
+    cost_options,
     make_cache,
+    make_pricings,
     positive_int,
     simulator_progress,
     warn_beyond_context,
@@ -27,10 +29,10 @@ from llm1bit.commands.options import (
 @click.option("--seq-len", default="2048", callback=positive_int, show_default=True)
 @click.option(
     "--metric",
-    type=click.Choice(["cycles", "memory"]),
-    default="cycles",
-    show_default=True,
-    help="Fraction of compute cycles or of SRAM accesses.",
+    type=click.Choice(["cycles", "memory", "time", "energy"]),
+    default=None,
+    help="The curve's F: share of compute cycles, SRAM accesses, time or energy of the 16-bit point "
+    "[default: cycles; time when a precision flag is given].",
 )
 @click.option("--s-partial", default=None, help="Speedups of the improved part [default: 1,2,5,10,100].")
 @click.option("--s-range", default=None, help="START:END[:N] log-spaced speedups, e.g. 1:100.")
@@ -39,6 +41,7 @@ from llm1bit.commands.options import (
 @click.option("--phase", type=click.Choice(["decode", "prefill"]), default="decode", show_default=True)
 @click.option("--batch", default="1", callback=positive_int, show_default=True)
 @click.option("--jobs", default=None, callback=positive_int)
+@cost_options()
 @cache_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (a list when several models are given).")
 @click.option(
@@ -51,7 +54,7 @@ def amdahl(
     model_names: str,
     hw_spec: str,
     seq_len: int,
-    metric: str,
+    metric: str | None,
     s_partial: str | None,
     s_range: str | None,
     dataflow: str | None,
@@ -59,6 +62,14 @@ def amdahl(
     phase: str,
     batch: int,
     jobs: int | None,
+    weight_bits: str,
+    act_bits: str,
+    kv_bits: str,
+    weight_format: str | None,
+    freq_mhz: float | None,
+    dram_gbps: float | None,
+    energy_table: str | None,
+    bcq_compute: str,
     cache_dir: Path | None,
     as_json: bool,
     plot: Path | None,
@@ -72,11 +83,19 @@ def amdahl(
       llm1bit amdahl --model opt-6.7b --hw cloud
       llm1bit amdahl --model opt-350m,opt-66b --hw edge --s-range 1:100 --plot amdahl.png
       llm1bit amdahl --model opt-6.7b --metric memory --s-partial 0.5,2,8 --json
+      llm1bit amdahl --model opt-6.7b --hw cloud --weight-bits 1.58 --metric time
+    The curve's F is the 16-bit point's. With --weight-bits (and --act-bits / --kv-bits) the point
+    is also simulated at those widths: the derived S_partial (MatMul-free part, 16-bit over
+    requested) and S_total, for time and energy, are reported next to the curve.
     """
-    from llm1bit.amdahl import SIDES, AmdahlCurve, parse_s_partial
+    from dataclasses import replace
+
+    from llm1bit.amdahl import METRIC_FRACTION, SIDES, AmdahlCurve, derive, parse_s_partial
+    from llm1bit.costs import Pricing
     from llm1bit.errors import UserError
     from llm1bit.hardware import load_hardware
     from llm1bit.models import resolve_models
+    from llm1bit.precision import Precision
     from llm1bit.sweep import points, run_points
 
     speeds = parse_s_partial(s_partial, s_range)
@@ -87,28 +106,40 @@ def amdahl(
 
         check_output(plot)
     models = resolve_models(model_names)
-    pts = points(models, [load_hardware(hw_spec)], [seq_len], [dataflow], phase, batch)
+    (pricing,) = make_pricings(weight_bits, act_bits, kv_bits, weight_format, energy_table, bcq_compute)
+    metric = metric or ("cycles" if pricing.precision == Precision() else "time")
+    base_pricing = Pricing(energy=pricing.energy, bcq_compute=pricing.bcq_compute)  # 16 / 16 / 16 fp
+    hw = load_hardware(hw_spec).with_clock(freq_mhz, dram_gbps)
+    pts = points(models, [hw], [seq_len], [dataflow], phase, batch, [base_pricing])
     warn_beyond_context(pts)
+    asked = [replace(p, pricing=pricing) for p in pts]
     with simulator_progress("SCALE-Sim runs") as progress:
-        splits = run_points(pts, backend, cache=make_cache(cache_dir), jobs=jobs, progress=progress)
+        splits = run_points(
+            list(dict.fromkeys(pts + asked)),
+            backend,
+            cache=make_cache(cache_dir),
+            jobs=jobs,
+            progress=progress,
+        )
+    by_point = dict(zip(dict.fromkeys(pts + asked), splits))
     results = []
-    for split in splits:
-        fraction = split.frac_cycles if metric == "cycles" else split.frac_memory
-        curve = AmdahlCurve(fraction, speeds)
-        results.append((split, curve))
+    for p, q in zip(pts, asked):
+        split = by_point[p]
+        curve = AmdahlCurve(getattr(split, METRIC_FRACTION[metric]), speeds)
+        results.append((split, curve, derive(split, by_point[q]), by_point[q]))
 
     if plot is not None:
         from llm1bit.figures.amdahl_curves import plot_amdahl_file
 
         plot_amdahl_file(
             plot,
-            [(s.model.name, c) for s, c in results],
+            [(s.model.name, c) for s, c, _, _ in results],
             title=f"Amdahl's law, {hw_spec} {pts[0].hw.dataflow.upper()}, l = {seq_len}, {metric}",
         )
 
     if as_json:
         objs = []
-        for split, curve in results:
+        for split, curve, derived, asked_split in results:
             obj = {
                 "model": split.model.name,
                 "hw": split.hw.name,
@@ -123,6 +154,9 @@ def amdahl(
             for side in SIDES:
                 obj[side] = [{"s_partial": s, "s_total": t} for s, t in zip(speeds, curve.side(side))]
             obj["asymptote"] = {side: _json_number(curve.asymptote(side)) for side in SIDES}
+            obj["precision"] = asked_split.pricing.precision.to_dict()
+            obj["derived"] = derived
+            obj["config"] = asked_split.to_dict()["config"]
             objs.append(obj)
         click.echo(json.dumps(objs[0] if len(objs) == 1 else objs, indent=2))
         return
@@ -138,7 +172,7 @@ def _print_tables(results, speeds, metric: str) -> None:
     from rich.table import Table
 
     console = Console()
-    for split, curve in results:
+    for split, curve, derived, asked in results:
         table = Table(
             title=f"{split.model.name} on {split.hw.name} ({split.hw.dataflow.upper()}), {split.phase} "
             f"l={split.seq_len}: MatMul-free fraction of {metric} F = {curve.fraction:.3f}"
@@ -152,4 +186,12 @@ def _print_tables(results, speeds, metric: str) -> None:
         console.print(
             f"  asymptote (S_partial -> inf): projections {curve.asymptote('projection'):.2f}x, "
             f"attention {curve.asymptote('attention'):.2f}x"
+        )
+        p = asked.pricing.precision
+        console.print(
+            f"  derived at weights {p.weight_bits:g}-bit {p.weight_format}, activations {p.act_bits:g}, KV "
+            f"{p.kv_bits:g} (vs 16-bit): time S_partial {derived['s_partial_time']:.3f}x -> S_total "
+            f"{derived['s_total_time']:.3f}x (F_time {derived['fraction_time_16bit']:.3f}); energy S_partial "
+            f"{derived['s_partial_energy']:.3f}x -> S_total {derived['s_total_energy']:.3f}x "
+            f"(F_energy {derived['fraction_energy_16bit']:.3f})"
         )

@@ -102,3 +102,91 @@ def simulator_progress(description: str):
             bar.update(task, completed=done, total=total)
 
         yield update
+
+
+def parse_float_list(flag: str, text: str) -> list[float]:
+    """`16,4,1.58` -> [16.0, 4.0, 1.58]; a non-number is a one-line error naming it."""
+    out = []
+    for item in (x.strip() for x in str(text).split(",") if x.strip()):
+        try:
+            out.append(float(item))
+        except ValueError:
+            raise UserError(f"{flag}: {item!r} is not a number; give widths like 16,4,3,1.58") from None
+    if not out:
+        raise UserError(f"{flag}: give at least one value")
+    return out
+
+
+def cost_options(many: bool = False) -> Callable:
+    """--weight-bits / --act-bits / --kv-bits / --weight-format / --freq-mhz / --dram-gbps / --energy-table.
+
+    With `many`, --weight-bits takes a comma-separated list (a sweep over widths)."""
+    wb_help = "Projection weight bits (16, 8, 4, 3, 2, 1.58, 1; fractional allowed)" + (
+        ", comma-separated" if many else ""
+    )
+
+    def decorate(f: Callable) -> Callable:
+        for option in reversed(
+            (
+                click.option(
+                    "--weight-bits", "weight_bits", default="16", show_default=True, help=wb_help + "."
+                ),
+                click.option(
+                    "--act-bits", default="16", show_default=True, help="Activation bits (ifmap, ofmap)."
+                ),
+                click.option("--kv-bits", default="16", show_default=True, help="Bits of the cached K / V."),
+                click.option(
+                    "--weight-format",
+                    default=None,
+                    help="fp, int, bcq-lat, bcq-acc, ternary, binary, raw [default: by width: 16 fp, 8/4 int, "
+                    "3/2 bcq-lat, 1.58 ternary, 1 binary].",
+                ),
+                click.option(
+                    "--freq-mhz", type=float, default=None, help="Clock [default: the .cfg's [llm1bit]]."
+                ),
+                click.option(
+                    "--dram-gbps",
+                    type=float,
+                    default=None,
+                    help="DRAM bandwidth, 10^9 B/s [default: the .cfg's].",
+                ),
+                click.option(
+                    "--energy-table",
+                    default=None,
+                    help="horowitz-45nm (default), shiftaddllm, or a JSON file of unit energies (README).",
+                ),
+                click.option(
+                    "--bcq-compute",
+                    type=click.Choice(["lut", "add"]),
+                    default="lut",
+                    show_default=True,
+                    help="BCQ weights: 8-bit LUT queries (ShiftAddLLM) or additions.",
+                ),
+            )
+        ):
+            f = option(f)
+        return f
+
+    return decorate
+
+
+def make_pricings(
+    weight_bits: str,
+    act_bits: str,
+    kv_bits: str,
+    weight_format: str | None,
+    energy_table: str | None,
+    bcq_compute: str,
+):
+    """One Pricing per weight width (a single one unless a list was given)."""
+    from llm1bit.costs import Pricing
+    from llm1bit.energy import load_energy_table
+    from llm1bit.precision import Precision
+
+    table = load_energy_table(energy_table)
+    act = parse_float_list("--act-bits", act_bits)[0]
+    kv = parse_float_list("--kv-bits", kv_bits)[0]
+    return [
+        Pricing(Precision.build(wb, act, kv, weight_format), table, bcq_compute)
+        for wb in dict.fromkeys(parse_float_list("--weight-bits", weight_bits))
+    ]

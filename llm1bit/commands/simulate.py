@@ -9,7 +9,9 @@ import click
 
 from llm1bit.commands.options import (
     cache_option,
+    cost_options,
     make_cache,
+    make_pricings,
     positive_int,
     simulator_progress,
     strict_option,
@@ -41,6 +43,7 @@ from llm1bit.commands.options import (
 )
 @click.option("--jobs", default=None, callback=positive_int, help="Worker processes [default: CPU count].")
 @strict_option
+@cost_options()
 @cache_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 def simulate(
@@ -53,6 +56,14 @@ def simulate(
     batch: int,
     jobs: int | None,
     strict: bool,
+    weight_bits: str,
+    act_bits: str,
+    kv_bits: str,
+    weight_format: str | None,
+    freq_mhz: float | None,
+    dram_gbps: float | None,
+    energy_table: str | None,
+    bcq_compute: str,
     cache_dir: Path | None,
     as_json: bool,
 ) -> None:
@@ -68,7 +79,9 @@ def simulate(
     from llm1bit.models import resolve_model
     from llm1bit.sweep import Point, run_points
 
-    point = Point(resolve_model(model_name), load_hardware(hw_spec, dataflow), seq_len, phase, batch)
+    (pricing,) = make_pricings(weight_bits, act_bits, kv_bits, weight_format, energy_table, bcq_compute)
+    hw = load_hardware(hw_spec, dataflow).with_clock(freq_mhz, dram_gbps)
+    point = Point(resolve_model(model_name), hw, seq_len, phase, batch, pricing)
     warn_beyond_context([point])
     with simulator_progress(f"SCALE-Sim runs for {point.model.name}") as progress:
         (split,) = run_points(
@@ -110,6 +123,10 @@ def print_split(split) -> None:
         "x count",
         "SRAM acc. x count",
         "DRAM x count",
+        "DRAM bytes x count",
+        "time x count",
+        "bound",
+        "energy x count",
     ):
         table.add_column(
             col, justify="left" if col in ("product", "part") else "right", no_wrap=col == "product"
@@ -128,6 +145,10 @@ def print_split(split) -> None:
             f"{c.cycles * g.count:,}",
             f"{c.memory_accesses * g.count:,}",
             f"{(c.dram_reads + c.dram_writes) * g.count:,}",
+            f"{layer.cost.dram_bytes * g.count:,.0f}",
+            f"{layer.cost.time_s * g.count * 1e3:.3f} ms",
+            layer.cost.bound,
+            f"{layer.cost.energy_j * g.count * 1e3:.3f} mJ",
         )
     console = Console()
     if not console.is_terminal:  # pipes and files: no 80-column truncation of the numbers
@@ -138,4 +159,14 @@ def print_split(split) -> None:
         f"MatMul-free fraction: [bold]{split.frac_cycles:.3f}[/] of compute cycles "
         f"({free.cycles:,} of {free.cycles + mm.cycles:,}), "
         f"[bold]{split.frac_memory:.3f}[/] of SRAM accesses, {split.frac_dram:.3f} of DRAM accesses."
+    )
+    p, free = split.pricing.precision, split.costs["matmul_free"]
+    memory_bound = sorted({x.gemm.name for x in split.layers if x.cost.bound == "memory"})
+    console.print(
+        f"Weights {p.weight_bits:g}-bit {p.weight_format}, activations {p.act_bits:g}-bit, KV {p.kv_bits:g}-bit at "
+        f"{hw.freq_mhz:g} MHz and {hw.dram_gbps:g} GB/s: step {split.latency_s * 1e3:.3f} ms, "
+        f"[bold]{split.tokens_per_s:.3f}[/] tokens/s, {split.energy_j:.4g} J "
+        f"({free.dram_bytes:,.0f} projection DRAM bytes).\n"
+        f"MatMul-free share: [bold]{split.frac_time:.3f}[/] of time, [bold]{split.frac_energy:.3f}[/] of energy, "
+        f"{split.frac_dram_bytes:.3f} of DRAM bytes. Memory-bound: {', '.join(memory_bound) or 'none'}."
     )

@@ -8,7 +8,9 @@ import click
 
 from llm1bit.commands.options import (
     cache_option,
+    cost_options,
     make_cache,
+    make_pricings,
     parse_int_list,
     parse_name_list,
     positive_int,
@@ -42,6 +44,7 @@ SEQ_LENS = "128,256,512,1024,2048,4096"
 @click.option("--batch", default="1", callback=positive_int, show_default=True)
 @click.option("--jobs", default=None, callback=positive_int, help="Worker processes [default: CPU count].")
 @strict_option
+@cost_options(many=True)
 @cache_option
 @click.option(
     "-o",
@@ -60,6 +63,14 @@ def sweep(
     batch: int,
     jobs: int | None,
     strict: bool,
+    weight_bits: str,
+    act_bits: str,
+    kv_bits: str,
+    weight_format: str | None,
+    freq_mhz: float | None,
+    dram_gbps: float | None,
+    energy_table: str | None,
+    bcq_compute: str,
     cache_dir: Path | None,
     output: Path,
 ) -> None:
@@ -80,7 +91,8 @@ def sweep(
     from llm1bit.sweep import points, run_points, to_csv, uncovered_points
 
     models = resolve_models(model_names)
-    hardware = load_hardware_list(parse_name_list(hw_specs))
+    hardware = [hw.with_clock(freq_mhz, dram_gbps) for hw in load_hardware_list(parse_name_list(hw_specs))]
+    pricings = make_pricings(weight_bits, act_bits, kv_bits, weight_format, energy_table, bcq_compute)
     lengths = parse_int_list("--seq-lens", seq_lens)
     flows: list[str | None] = [None]
     if dataflows:
@@ -89,7 +101,7 @@ def sweep(
             if df not in DATAFLOWS:
                 raise unknown_choice("dataflow", df, DATAFLOWS)
     check_output(output)
-    pts = points(models, hardware, lengths, flows, phase, batch)
+    pts = points(models, hardware, lengths, flows, phase, batch, pricings)
     warn_beyond_context(pts)
     if strict and backend == "scalesim":
         uncovered = uncovered_points(pts)
