@@ -81,7 +81,7 @@ def price(gemm: Gemm, counters: Counters, hw: Hardware, pricing: Pricing) -> Cos
     if gemm.part == MATMUL_FREE:
         weight_bits = gemm.weight_bits or p.weight_bits
         fmt = gemm.weight_format or p.weight_format
-        filter_bits = bits_moved(fmt, weight_bits, n, k)
+        filter_bits = gemm.bits_moved or bits_moved(fmt, weight_bits, n, k)
         ops = projection_ops(fmt, weight_bits, p.act_bits, m, n, k, pricing.bcq_compute)
     else:
         weight_bits, filter_bits = None, p.kv_bits

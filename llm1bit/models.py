@@ -33,6 +33,9 @@ class ModelSpec:
     # Per decoder layer: the sliding attention window W (0 = full attention); () = every layer full.
     windows: tuple[int, ...] = ()
     max_positions: int = 0  # the config's max_position_embeddings (0: not given)
+    # Per decoder block: ((projection name, layer_bits.ProjBits), ...) for projections with their own
+    # width (from a bits file or a quantized folder); () = every projection at the point's precision.
+    proj_bits: tuple = ()
 
     def __post_init__(self) -> None:
         for field in ("d_model", "n_heads", "d_ff", "n_layers"):
@@ -75,7 +78,11 @@ class ModelSpec:
         windowed = {w: n for w, n in self.window_groups.items() if w}
         if windowed:
             attn += ", " + ", ".join(f"{n}/{self.n_layers} layers window {w}" for w, n in windowed.items())
-        return f"{attn}, {ffn}"
+        bits = ""
+        if self.proj_bits:
+            widths = sorted({pb.bits for block in self.proj_bits for _, pb in block})
+            bits = ", per-layer weight bits " + "/".join(f"{b:g}" for b in widths)
+        return f"{attn}, {ffn}{bits}"
 
 
 def _paper(name: str, family: str, d: int, h: int, d_ff: int, layers: int) -> ModelSpec:

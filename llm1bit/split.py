@@ -193,12 +193,20 @@ class Split:
             "backend": self.backend,
             # the analytic backend is the closed form of this SCALE-Sim version's counters
             "scalesim_version": SCALESIM_VERSION,
-            **{k: v for k, v in self.pricing.precision.to_dict().items()},
+            **self.pricing.precision.to_dict(),
+            **(self._per_layer_bits() if self.model.proj_bits else {}),
             "freq_mhz": hw.freq_mhz,
             "dram_gbps": hw.dram_gbps,
             "energy_table": self.pricing.energy.name,
             "energy_table_sha256": self.pricing.energy.sha256,
         }
+
+    def _per_layer_bits(self) -> dict:
+        """With per-layer widths: the projections' mean code bits, weighted by their weights, and 'per-layer'."""
+        free = [x for x in self.layers if x.gemm.part == MATMUL_FREE]
+        weights = sum(x.gemm.n * x.gemm.k * x.gemm.count for x in free)
+        bits = sum(x.cost.weight_bits * x.gemm.n * x.gemm.k * x.gemm.count for x in free) / weights
+        return {"weight_bits": bits, "weight_format": "per-layer"}
 
     def to_dict(self) -> dict:
         label = self.label()

@@ -36,6 +36,7 @@ class Gemm:
     window: int = 0  # attention products of sliding-window layers: the window W (0: full attention)
     weight_bits: float | None = None  # projections whose blocks have their own width (else the point's)
     weight_format: str | None = None
+    bits_moved: float | None = None  # measured bits per weight (a quantized checkpoint's packed bytes)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -48,35 +49,43 @@ def _positive(name: str, value: int) -> int:
     return value
 
 
+def projection_shapes(model: ModelSpec) -> dict[str, tuple[int, int]]:
+    """Each projection of a decoder block: (N outputs, K inputs), i.e. nn.Linear's [out, in]."""
+    d, dh, h, hkv = model.d_model, model.dim_head, model.n_heads, model.kv_heads
+    shapes = {
+        "q_proj": (h * dh, d),
+        "k_proj": (hkv * dh, d),
+        "v_proj": (hkv * dh, d),
+        "out_proj": (d, h * dh),
+    }
+    if model.gated_ffn:
+        shapes.update(gate_proj=(model.d_ff, d), up_proj=(model.d_ff, d), down_proj=(d, model.d_ff))
+    else:
+        shapes.update(ffn_in=(model.d_ff, d), ffn_out=(d, model.d_ff))
+    return shapes
+
+
 def build_workload(model: ModelSpec, seq_len: int, phase: str = "decode", batch: int = 1) -> list[Gemm]:
     """The GEMMs of one forward step (decode: one token per sequence; prefill: the whole prompt)."""
     _positive("seq_len", seq_len)
     _positive("batch", batch)
     if phase not in PHASES:
         raise UserError(f"unknown phase {phase!r}; allowed: {', '.join(PHASES)}")
-    d, dh, layers = model.d_model, model.dim_head, model.n_layers
+    dh, layers = model.dim_head, model.n_layers
     h, hkv = model.n_heads, model.kv_heads
     group = h // hkv
     tokens = batch if phase == "decode" else batch * seq_len
     rows = group if phase == "decode" else group * seq_len  # query rows per K/V head and sequence
 
-    def proj(name: str, n: int, k: int) -> Gemm:
-        return Gemm(name, MATMUL_FREE, tokens, n, k, layers)
-
-    gemms = [
-        proj("q_proj", h * dh, d),
-        proj("k_proj", hkv * dh, d),
-        proj("v_proj", hkv * dh, d),
-        proj("out_proj", d, h * dh),
-    ]
-    if model.gated_ffn:
-        gemms += [
-            proj("gate_proj", model.d_ff, d),
-            proj("up_proj", model.d_ff, d),
-            proj("down_proj", d, model.d_ff),
-        ]
-    else:
-        gemms += [proj("ffn_in", model.d_ff, d), proj("ffn_out", d, model.d_ff)]
+    gemms = []
+    # blocks whose projections share their widths are one group (all blocks when no per-layer bits)
+    configs = model.proj_bits or ((),) * layers
+    for config in dict.fromkeys(configs):
+        count, own = configs.count(config), dict(config)
+        for name, (n, k) in projection_shapes(model).items():
+            pb = own.get(name)
+            extra = (pb.bits, pb.fmt, pb.bits_moved) if pb else ()
+            gemms.append(Gemm(name, MATMUL_FREE, tokens, n, k, count, 0, *extra))
     for window, n_layers in model.window_groups.items():
         span = min(seq_len, window) if window and phase == "decode" else seq_len
         suffix = "_swa" if window else ""

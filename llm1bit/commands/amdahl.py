@@ -11,18 +11,18 @@ import click
 from llm1bit.commands.options import (
     cache_option,
     cost_options,
+    layer_bits_options,
     make_cache,
     make_pricings,
     positive_int,
+    resolve_with_bits,
     simulator_progress,
     warn_beyond_context,
 )
 
 
 @click.command()
-@click.option(
-    "--model", "model_names", required=True, help="Name(s) or config.json path(s), comma-separated."
-)
+@click.option("--model", "model_names", default=None, help="Name(s) or config.json path(s), comma-separated.")
 @click.option(
     "--hw", "hw_spec", default="cloud", show_default=True, help="cloud, edge, or a SCALE-Sim .cfg path."
 )
@@ -42,6 +42,7 @@ from llm1bit.commands.options import (
 @click.option("--batch", default="1", callback=positive_int, show_default=True)
 @click.option("--jobs", default=None, callback=positive_int)
 @cost_options()
+@layer_bits_options
 @cache_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (a list when several models are given).")
 @click.option(
@@ -51,7 +52,7 @@ from llm1bit.commands.options import (
     help="Also draw the curves to this .png / .pdf / .svg.",
 )
 def amdahl(
-    model_names: str,
+    model_names: str | None,
     hw_spec: str,
     seq_len: int,
     metric: str | None,
@@ -70,6 +71,8 @@ def amdahl(
     dram_gbps: float | None,
     energy_table: str | None,
     bcq_compute: str,
+    bits_config: str | None,
+    quantized: str | None,
     cache_dir: Path | None,
     as_json: bool,
     plot: Path | None,
@@ -94,7 +97,6 @@ def amdahl(
     from llm1bit.costs import Pricing
     from llm1bit.errors import UserError
     from llm1bit.hardware import load_hardware
-    from llm1bit.models import resolve_models
     from llm1bit.precision import Precision
     from llm1bit.sweep import points, run_points
 
@@ -105,14 +107,18 @@ def amdahl(
         from llm1bit.atomic import check_output
 
         check_output(plot)
-    models = resolve_models(model_names)
+    if not (model_names or quantized):
+        raise UserError("give --model NAME[,NAME...] (or --quantized DIR)")
+    models = resolve_with_bits(model_names, bits_config, quantized, many=True)
     (pricing,) = make_pricings(weight_bits, act_bits, kv_bits, weight_format, energy_table, bcq_compute)
-    metric = metric or ("cycles" if pricing.precision == Precision() else "time")
+    per_layer = bool(bits_config or quantized)
+    metric = metric or ("cycles" if pricing.precision == Precision() and not per_layer else "time")
     base_pricing = Pricing(energy=pricing.energy, bcq_compute=pricing.bcq_compute)  # 16 / 16 / 16 fp
     hw = load_hardware(hw_spec).with_clock(freq_mhz, dram_gbps)
-    pts = points(models, [hw], [seq_len], [dataflow], phase, batch, [base_pricing])
+    # the 16-bit point: every projection fp16, per-layer widths (--bits-config / --quantized) dropped
+    asked = points(models, [hw], [seq_len], [dataflow], phase, batch, [pricing])
+    pts = [replace(p, model=replace(p.model, proj_bits=()), pricing=base_pricing) for p in asked]
     warn_beyond_context(pts)
-    asked = [replace(p, pricing=pricing) for p in pts]
     with simulator_progress("SCALE-Sim runs") as progress:
         splits = run_points(
             list(dict.fromkeys(pts + asked)),

@@ -190,3 +190,44 @@ def make_pricings(
         Pricing(Precision.build(wb, act, kv, weight_format), table, bcq_compute)
         for wb in dict.fromkeys(parse_float_list("--weight-bits", weight_bits))
     ]
+
+
+def layer_bits_options(f: Callable) -> Callable:
+    f = click.option(
+        "--quantized",
+        "quantized",
+        default=None,
+        help="A folder written by `llm1bit quantize`, in place of --model: its architecture, and each "
+        "layer's bits and packed bytes.",
+    )(f)
+    return click.option(
+        "--bits-config",
+        default=None,
+        help="Per-layer bits (the JSON `llm1bit bits` writes), for a model given as a config / folder.",
+    )(f)
+
+
+def resolve_with_bits(
+    model_names: str | None, bits_config: str | None, quantized: str | None, many: bool = False
+):
+    """The models of --model / --models, or of --quantized (comma-separated folders), with their per-layer bits."""
+    from llm1bit.layer_bits import load_quantized_model, with_bits_config
+    from llm1bit.models import resolve_models
+
+    if quantized:
+        if model_names:
+            raise UserError(
+                "--quantized takes the place of --model(s): the architecture comes from the folder"
+            )
+        if bits_config:
+            raise UserError("--quantized already gives each layer's bits: drop --bits-config")
+        folders = parse_name_list(quantized) if many else [quantized]
+        return [load_quantized_model(folder) for folder in dict.fromkeys(folders)]
+    if not model_names:
+        if not many:
+            raise UserError("give --model NAME (or --quantized DIR)")
+        model_names = "opt"
+    models = resolve_models(model_names)
+    if not many and len(models) > 1:
+        raise UserError(f"--model {model_names!r}: give one model")
+    return [with_bits_config(m, bits_config) for m in models] if bits_config else models

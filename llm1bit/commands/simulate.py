@@ -10,9 +10,11 @@ import click
 from llm1bit.commands.options import (
     cache_option,
     cost_options,
+    layer_bits_options,
     make_cache,
     make_pricings,
     positive_int,
+    resolve_with_bits,
     simulator_progress,
     strict_option,
     warn_beyond_context,
@@ -21,7 +23,7 @@ from llm1bit.commands.options import (
 
 @click.command()
 @click.option(
-    "--model", "model_name", required=True, help="Built-in name (see `llm1bit models`) or config.json path."
+    "--model", "model_name", default=None, help="Built-in name (see `llm1bit models`) or config.json path."
 )
 @click.option(
     "--hw", "hw_spec", default="cloud", show_default=True, help="cloud, edge, or a SCALE-Sim .cfg path."
@@ -44,10 +46,11 @@ from llm1bit.commands.options import (
 @click.option("--jobs", default=None, callback=positive_int, help="Worker processes [default: CPU count].")
 @strict_option
 @cost_options()
+@layer_bits_options
 @cache_option
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of tables.")
 def simulate(
-    model_name: str,
+    model_name: str | None,
     hw_spec: str,
     seq_len: int,
     dataflow: str | None,
@@ -64,6 +67,8 @@ def simulate(
     dram_gbps: float | None,
     energy_table: str | None,
     bcq_compute: str,
+    bits_config: str | None,
+    quantized: str | None,
     cache_dir: Path | None,
     as_json: bool,
 ) -> None:
@@ -74,14 +79,16 @@ def simulate(
       llm1bit simulate --model opt-6.7b --hw cloud
       llm1bit simulate --model opt-66b --hw edge --seq-len 4096 --json
       llm1bit simulate --model path/to/config.json --hw my_array.cfg --dataflow ws
+      llm1bit simulate --model opt-6.7b --hw edge --weight-bits 1.58 --act-bits 8
+      llm1bit simulate --quantized out/smol-lat3 --hw edge
     """
     from llm1bit.hardware import load_hardware
-    from llm1bit.models import resolve_model
     from llm1bit.sweep import Point, run_points
 
     (pricing,) = make_pricings(weight_bits, act_bits, kv_bits, weight_format, energy_table, bcq_compute)
     hw = load_hardware(hw_spec, dataflow).with_clock(freq_mhz, dram_gbps)
-    point = Point(resolve_model(model_name), hw, seq_len, phase, batch, pricing)
+    (model,) = resolve_with_bits(model_name, bits_config, quantized)
+    point = Point(model, hw, seq_len, phase, batch, pricing)
     warn_beyond_context([point])
     with simulator_progress(f"SCALE-Sim runs for {point.model.name}") as progress:
         (split,) = run_points(
@@ -114,6 +121,7 @@ def print_split(split) -> None:
     for col in (
         "product",
         "part",
+        "bits",
         "window",
         "M",
         "N",
@@ -136,6 +144,7 @@ def print_split(split) -> None:
         table.add_row(
             g.name,
             "MatMul" if g.part == "matmul" else "free",
+            f"{layer.cost.filter_bits:.3g}",
             str(g.window) if g.window else "",
             str(g.m),
             str(g.n),
@@ -162,8 +171,12 @@ def print_split(split) -> None:
     )
     p, free = split.pricing.precision, split.costs["matmul_free"]
     memory_bound = sorted({x.gemm.name for x in split.layers if x.cost.bound == "memory"})
+    weights = f"{p.weight_bits:g}-bit {p.weight_format}"
+    if split.model.proj_bits:
+        own = sorted({(pb.bits, pb.fmt) for block in split.model.proj_bits for _, pb in block})
+        weights = "per layer " + ", ".join(f"{b:g}-bit {f}" for b, f in own) + f" (others {weights})"
     console.print(
-        f"Weights {p.weight_bits:g}-bit {p.weight_format}, activations {p.act_bits:g}-bit, KV {p.kv_bits:g}-bit at "
+        f"Weights {weights}, activations {p.act_bits:g}-bit, KV {p.kv_bits:g}-bit at "
         f"{hw.freq_mhz:g} MHz and {hw.dram_gbps:g} GB/s: step {split.latency_s * 1e3:.3f} ms, "
         f"[bold]{split.tokens_per_s:.3f}[/] tokens/s, {split.energy_j:.4g} J "
         f"({free.dram_bytes:,.0f} projection DRAM bytes).\n"

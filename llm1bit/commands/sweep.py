@@ -9,11 +9,13 @@ import click
 from llm1bit.commands.options import (
     cache_option,
     cost_options,
+    layer_bits_options,
     make_cache,
     make_pricings,
     parse_int_list,
     parse_name_list,
     positive_int,
+    resolve_with_bits,
     simulator_progress,
     strict_option,
     warn_beyond_context,
@@ -26,9 +28,8 @@ SEQ_LENS = "128,256,512,1024,2048,4096"
 @click.option(
     "--models",
     "model_names",
-    default="opt",
-    show_default=True,
-    help="Comma-separated names or config.json paths; groups: opt, gpt, llama, paper.",
+    default=None,
+    help="Comma-separated names or config.json paths; groups: opt, gpt, llama, paper [default: opt].",
 )
 @click.option(
     "--hw",
@@ -45,6 +46,7 @@ SEQ_LENS = "128,256,512,1024,2048,4096"
 @click.option("--jobs", default=None, callback=positive_int, help="Worker processes [default: CPU count].")
 @strict_option
 @cost_options(many=True)
+@layer_bits_options
 @cache_option
 @click.option(
     "-o",
@@ -54,7 +56,7 @@ SEQ_LENS = "128,256,512,1024,2048,4096"
     help="CSV to write (- for standard output).",
 )
 def sweep(
-    model_names: str,
+    model_names: str | None,
     hw_specs: str,
     seq_lens: str,
     dataflows: str | None,
@@ -71,6 +73,8 @@ def sweep(
     dram_gbps: float | None,
     energy_table: str | None,
     bcq_compute: str,
+    bits_config: str | None,
+    quantized: str | None,
     cache_dir: Path | None,
     output: Path,
 ) -> None:
@@ -87,10 +91,9 @@ def sweep(
     from llm1bit.engine import RunReport
     from llm1bit.errors import UserError, unknown_choice
     from llm1bit.hardware import DATAFLOWS, load_hardware_list
-    from llm1bit.models import resolve_models
     from llm1bit.sweep import points, run_points, to_csv, uncovered_points
 
-    models = resolve_models(model_names)
+    models = resolve_with_bits(model_names, bits_config, quantized, many=True)
     hardware = [hw.with_clock(freq_mhz, dram_gbps) for hw in load_hardware_list(parse_name_list(hw_specs))]
     pricings = make_pricings(weight_bits, act_bits, kv_bits, weight_format, energy_table, bcq_compute)
     lengths = parse_int_list("--seq-lens", seq_lens)
