@@ -6,7 +6,8 @@ the weight format (README "Cost model"): multiply-accumulates for the attention 
 fp weights; dequantization plus a MAC at the activation precision for uniform integer weights
 (as ShiftAddLLM's energy script models its GPTQ baseline); additions only for binary and ternary
 weights; for BCQ with power-of-two scales, per bit plane 8-bit LUT queries (one per 8 weights, the
-LUT built once per 8 inputs and token) or additions, plus shifts per scale (ShiftAddLLM §4.1)."""
+LUT built once per 8 inputs and token) or additions, plus a shift and an add per power-of-two term of
+each scale (ShiftAddLLM §4.1 and its energy script, energy/shiftaddllm_energy.py)."""
 
 from __future__ import annotations
 
@@ -38,7 +39,6 @@ OP_NAMES = (
 )
 BCQ_COMPUTE = ("lut", "add")  # BCQ inner products by 8-bit LUT queries (ShiftAddLLM) or plain additions
 LUT_INPUTS = 8  # one LUT per 8 inputs: 2**8 entries, one query stands for 8 multiply-free operations
-LAT_COLS, LAT_ROWS = 8, 16  # bcq-lat, group 128: a scale tuple per 8 input columns x 16 output rows
 
 
 @dataclass(frozen=True)
@@ -147,34 +147,26 @@ def projection_ops(
     macs = float(m) * n * k
     if fmt in ("fp", "raw"):
         return _mac(arith_class(max(weight_bits, act_bits)), macs)
-    if (
-        fmt == "int"
-    ):  # dequantize each weight once per step, (q - zero) * scale, then MACs at the activation width
+    if fmt == "int":  # dequantize each weight once per step, (q - zero) * scale; MACs at the activation width
         return _add({"fp16_add": float(n) * k, "fp16_mult": float(n) * k}, _mac(a, macs))
     if fmt in ("binary", "ternary"):  # signed additions, one scale multiply per output
         return {_acc_add(a): macs, f"{a}_mult": float(m) * n}
     if fmt in ("bcq-lat", "bcq-acc"):
-        q = weight_bits
-        ops: dict[str, float] = {}
-        if fmt == "bcq-lat":
-            # per plane and 8-input slab: one inner sum, then APOT_TERMS shifts (+ adds) for its scale
-            slabs = -(-k // LAT_COLS)
-            sums = float(m) * n * q * slabs
-            _add(ops, {_shift(act_bits): sums * APOT_TERMS, _acc_add(a): sums * APOT_TERMS})
-        else:
-            # per input column its own scale: scale each input once per row group and plane, then add
-            groups = 1  # groupsize -1: one scale tuple per column over all rows
-            _add(
-                ops,
-                {
-                    _shift(act_bits): float(m) * k * groups * q * APOT_TERMS,
-                    _acc_add(a): float(m) * k * groups * q,
-                },
-            )
+        # ShiftAddLLM §4.1 and its energy script: per token, a LUT of 2^8 partial sums for every 8 inputs
+        # (8 mults + 8 adds + 255 adds to build), one LUT query per (output, plane, 8-input slab) standing
+        # for 8 weights, each result shifted by its power-of-two scale terms and added up.
+        q, t = weight_bits, APOT_TERMS
+        slabs = -(-k // LUT_INPUTS)
+        results = float(m) * n * q * slabs  # LUT results (or 8-weight inner sums): per output, plane, slab
+        builds = float(m) * slabs
+        if fmt == "bcq-lat":  # one scale per 8-column slab: shift each result by its t terms
+            shifts = results * t
+        else:  # bcq-acc: one scale per input column: scale the inputs per plane, one LUT per plane
+            shifts, builds = float(m) * k * q * t, builds * q
+        ops = {_shift(act_bits): shifts, _acc_add(a): results * t}
         if bcq_compute == "lut":
-            luts = float(m) * -(-k // LUT_INPUTS)
             _add(
-                ops, {"lut_query": float(m) * n * q * -(-k // LUT_INPUTS), _acc_add(a): luts * 2**LUT_INPUTS}
+                ops, {"lut_query": results, f"{a}_mult": builds * LUT_INPUTS, _acc_add(a): builds * (8 + 255)}
             )
         else:
             _add(ops, {_acc_add(a): macs * q})

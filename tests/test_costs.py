@@ -81,10 +81,10 @@ def test_bytes_time_energy_recomputed_by_hand():
         if layer["part"] == "matmul_free":
             fbits = 3.5625  # 3 code bits + 3 scales x 3 one-byte terms per 128 weights
             # per plane (3), per token, per output and 8-input slab: one LUT query, 3 shifts + 3 int32 adds;
-            # LUTs: 256 int32 adds per token and 8 inputs
-            slabs = k // 8
+            # LUTs: 8 int8 mults + 263 int32 adds per token and 8 inputs
+            slabs = -(-k // 8)
             pj = 3 * m * n * slabs * (ops["lut_query"] + 3 * ops["int8_shift"] + 3 * ops["int32_add"])
-            pj += m * slabs * 256 * ops["int32_add"]
+            pj += m * slabs * (8 * ops["int8_mult"] + 263 * ops["int32_add"])
         else:
             fbits = 4
             pj = m * n * k * (ops["int8_mult"] + ops["int32_add"])  # MACs at max(8, 4) bits: int8
