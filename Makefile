@@ -47,7 +47,7 @@ clean:
 # Figures of the study (llm1bit/figures/): figures/figNN-*.png, .pdf and the .csv of the plotted numbers.
 # BACKEND=analytic (default, seconds) or BACKEND=scalesim (the real simulator, cached under ~/.cache/llm1bit).
 BACKEND ?= analytic
-FIGURE_NAMES := fig04 fig05 fig06 fig07 fig08 fig09 fig10 fig11 fig12 fig13
+FIGURE_NAMES := fig04 fig05 fig06 fig07 fig08 fig09 fig10 fig11 fig12 fig13 fig14 fig15
 .PHONY: figures $(FIGURE_NAMES)
 
 figures: install

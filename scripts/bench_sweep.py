@@ -2,18 +2,24 @@
 
 Measures, on this machine:
   1. the analytic full sweep: 13 paper models x 6 lengths x 2 hw x 3 dataflows (468 points);
+     the analytic weight-width sweep: 13 paper models x 6 lengths x 2 hw x 7 weight widths
+     (16, 8, 4, 3, 2, 1.58, 1; 1092 points), run_points + CSV in-process (median of 5) and the whole
+     `llm1bit sweep --models paper --weight-bits ... --backend analytic` process (target < 2 s);
   2. the scalesim-backend OPT sweep: 7 models x 6 lengths x 2 hw, OS, from a cold cache
      (wall time and peak RSS of the whole process tree), then again from the warm cache;
   3. naive whole-GEMM SCALE-Sim: a few real projections run whole (time, RSS, equality with the
      composed result), and from them the estimated time of running the OPT sweep's distinct GEMMs whole.
 
-Usage: python scripts/bench_sweep.py [--jobs 2] [--skip-whole]"""
+Usage: python scripts/bench_sweep.py [--jobs 2] [--skip-whole] [--analytic-only]"""
 
 from __future__ import annotations
 
 import argparse
 import os
 import platform
+import statistics
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -23,10 +29,12 @@ from pathlib import Path
 from llm1bit.cache import ResultCache
 from llm1bit.hardware import load_hardware
 from llm1bit.models import resolve_models
-from llm1bit.sweep import points, run_points
+from llm1bit.sweep import points, run_points, to_csv
 from llm1bit.workload import build_workload
 
 LENGTHS = [128, 256, 512, 1024, 2048, 4096]
+WEIGHT_BITS = "16,8,4,3,2,1.58,1"
+REPEATS = 5
 
 
 class TreeRss:
@@ -74,10 +82,44 @@ class TreeRss:
         self._thread.join()
 
 
+def bench_weight_widths(hw, paper) -> None:
+    """The analytic sweep over 7 weight widths: in-process (median of REPEATS) and as a whole process."""
+    from llm1bit.commands.options import make_pricings
+
+    pricings = make_pricings(WEIGHT_BITS, "16", "16", None, None, "lut")
+    pts = points(paper, hw, LENGTHS, [None], pricings=pricings)
+    times = []
+    for _ in range(REPEATS):
+        start = time.perf_counter()
+        to_csv(run_points(pts, "analytic"))
+        times.append(time.perf_counter() - start)
+    print(
+        f"analytic weight-width sweep: {len(pts)} points, run_points + CSV median {statistics.median(times):.3f} s "
+        f"(min {min(times):.3f}, max {max(times):.3f}, {REPEATS} runs)"
+    )
+    cli = Path(sys.executable).with_name("llm1bit")
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [str(cli), "sweep", "--models", "paper", "--weight-bits", WEIGHT_BITS, "--backend", "analytic"]
+        cmd += ["-o", str(Path(tmp) / "x.csv")]
+        times = []
+        for _ in range(REPEATS):
+            start = time.perf_counter()
+            subprocess.run(cmd, check=True, capture_output=True)
+            times.append(time.perf_counter() - start)
+        rows = len((Path(tmp) / "x.csv").read_text().splitlines()) - 1
+    print(
+        f"  `llm1bit sweep --models paper --weight-bits {WEIGHT_BITS} --backend analytic` ({rows} rows): whole "
+        f"process median {statistics.median(times):.3f} s (min {min(times):.3f}, max {max(times):.3f})"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--skip-whole", action="store_true", help="skip the whole-GEMM SCALE-Sim runs")
+    parser.add_argument(
+        "--analytic-only", action="store_true", help="only the analytic sweeps (no real SCALE-Sim runs)"
+    )
     args = parser.parse_args()
     print(
         f"# bench_sweep on {platform.node()}: {os.cpu_count()} CPUs, Python {platform.python_version()}, "
@@ -90,6 +132,9 @@ def main() -> None:
     start = time.perf_counter()
     run_points(pts, "analytic")
     print(f"analytic full sweep: {len(pts)} points in {time.perf_counter() - start:.3f} s")
+    bench_weight_widths(hw, paper)
+    if args.analytic_only:
+        return
 
     opt = resolve_models("opt")
     pts = points(opt, hw, LENGTHS, [None])

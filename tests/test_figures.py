@@ -31,7 +31,7 @@ SMALL = dict(
     modern_pairs=(("llama-3-8b", "llama-7b"), ("gpt2-medium", "gpt-355m")),
     modern_lens=(2048,),
 )
-NAMES = [f"fig{n:02d}" for n in range(4, 14)]
+NAMES = [f"fig{n:02d}" for n in range(4, 16)]
 HEATMAPS = {
     "fig04": ("opt", "cloud"),
     "fig06": ("opt", "edge"),

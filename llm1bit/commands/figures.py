@@ -9,7 +9,9 @@ import click
 
 from llm1bit.commands.options import (
     cache_option,
+    cost_options,
     make_cache,
+    parse_float_list,
     parse_name_list,
     positive_int,
     simulator_progress,
@@ -33,6 +35,14 @@ def _figure_names(only: str | None, known: list[str]) -> list[str]:
     return sorted(names, key=known.index) or known
 
 
+def _check_costs(settings) -> None:
+    """Every cost setting is valid (one-line error before anything is written)."""
+    for b in (*settings.weight_bits, *settings.breakdown_bits):
+        settings.pricing(b)
+    settings.reference_pricing()
+    settings.priced_hardware("cloud")
+
+
 @click.command()
 @click.option("--only", default=None, help="Comma-separated figures, e.g. fig04,fig05 [default: all].")
 @click.option(
@@ -54,6 +64,7 @@ def _figure_names(only: str | None, known: list[str]) -> list[str]:
 @click.option(
     "--jobs", default=None, callback=positive_int, help="Simulator worker processes [default: CPU count]."
 )
+@cost_options(many=True)
 @cache_option
 def figures(
     only: str | None,
@@ -62,6 +73,14 @@ def figures(
     phase: str,
     batch: int,
     jobs: int | None,
+    weight_bits: str | None,
+    act_bits: str,
+    kv_bits: str,
+    weight_format: str | None,
+    freq_mhz: float | None,
+    dram_gbps: float | None,
+    energy_table: str | None,
+    bcq_compute: str,
     cache_dir: Path | None,
 ) -> None:
     """Regenerate the study's figures from simulation into OUT/figNN-*.png, .pdf and .csv.
@@ -73,6 +92,15 @@ def figures(
     fig09 / fig10  MatMul-free fractions, GPT and LLaMA, cloud / edge
     fig11 / fig12  Amdahl curves for every sequence length, cloud / edge
     fig13          today's architectures (HF configs) vs the paper's shapes
+    fig14          decode speedup and energy saving against projection weight
+                   bits (16 ... 1), OPT, l = 2048, cloud and edge, Amdahl limits
+    fig15          energy per decode step, MatMul / MatMul-free x compute /
+                   SRAM / DRAM, OPT-66B and LLaMA-7B at 16, 3 and 1.58 bits
+    The cost options (--weight-bits ... --bcq-compute) price fig14 and fig15
+    only (fig04-fig13 plot counters): --weight-bits is the list of widths of
+    both [default: fig14 16,8,4,3,2,1.58,1; fig15 16,3,1.58]; speedups and
+    savings are against fp16 weights at the same activation / KV widths.
+    Settings beyond the defaults add e.g. -a8 or -shiftaddllm to their names.
     Every CSV holds exactly the plotted numbers with their settings; fig04's equals
     `llm1bit sweep --models opt --hw cloud` for the same backend. Other phases and batch
     sizes add -prefill / -bN to the file names. With --backend scalesim, points outside
@@ -83,6 +111,7 @@ def figures(
       llm1bit figures --only fig04,fig05 --out figs
       llm1bit figures --backend scalesim --cache-dir ~/.cache/llm1bit
       llm1bit figures --phase prefill --batch 4 --only fig04
+      llm1bit figures --only fig14,fig15 --act-bits 8 --energy-table shiftaddllm
     """
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -91,13 +120,32 @@ def figures(
     from llm1bit.figures import FIGURES, Settings, make_figures
 
     names = _figure_names(only, list(FIGURES))
+    widths = {}
+    if weight_bits is not None:  # given: the widths of fig14 and of fig15
+        widths = dict.fromkeys(
+            ("weight_bits", "breakdown_bits"),
+            tuple(dict.fromkeys(parse_float_list("--weight-bits", weight_bits))),
+        )
+    settings = Settings(
+        backend=backend,
+        phase=phase,
+        batch=batch,
+        act_bits=parse_float_list("--act-bits", act_bits)[0],
+        kv_bits=parse_float_list("--kv-bits", kv_bits)[0],
+        weight_format=weight_format,
+        energy_table=energy_table,
+        bcq_compute=bcq_compute,
+        freq_mhz=freq_mhz,
+        dram_gbps=dram_gbps,
+        **widths,
+    )
+    _check_costs(settings)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out} exists and is not a folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create output folder {out}: {exc.strerror}") from None
-    settings = Settings(backend=backend, phase=phase, batch=batch)
     cache = make_cache(cache_dir)
     console = Console(stderr=True)
     drawn: list[tuple[str, list[Path]]] = []
@@ -124,3 +172,14 @@ def figures(
         stem = paths[0].with_suffix("")
         exts = ",".join(p.suffix.lstrip(".") for p in paths)
         click.echo(f"{name}: {stem}.{{{exts}}}", err=True)
+
+
+# cost_options' --weight-bits defaults to 16 for the one-point commands; the figures take their own lists.
+for _param in figures.params:
+    if _param.name == "weight_bits":
+        _param.default = None
+        _param.show_default = False
+        _param.help = (
+            "Projection weight bits of fig14 and fig15, comma-separated "
+            "[default: fig14 16,8,4,3,2,1.58,1; fig15 16,3,1.58]."
+        )

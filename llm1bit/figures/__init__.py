@@ -4,6 +4,7 @@
     amdahl_curves  fig05, fig07, fig11, fig12  Amdahl curves (and `llm1bit amdahl --plot`)
     dataflows      fig08                       total cycles under the IS, OS and WS dataflows
     modern         fig13                       today's architectures vs the paper's simplified shapes
+    bits           fig14, fig15                speedup / energy saving against weight bits; energy breakdown
 
 `make_figures` simulates the points of all requested figures in one deduplicated run, then draws
 each figure into `<out>/figNN-....png`, `.pdf` and a `.csv` of exactly the plotted numbers."""
@@ -13,13 +14,20 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from llm1bit.figures import amdahl_curves, dataflows, heatmaps, modern
+from llm1bit.figures import amdahl_curves, bits, dataflows, heatmaps, modern
 from llm1bit.figures.common import FigureSpec, Settings, simulate
 
 FIGURES: dict[str, FigureSpec] = {
     spec.name: spec
     for spec in sorted(
-        (*heatmaps.FIGURES, *amdahl_curves.FIGURES, *dataflows.FIGURES, *modern.FIGURES), key=lambda f: f.name
+        (
+            *heatmaps.FIGURES,
+            *amdahl_curves.FIGURES,
+            *dataflows.FIGURES,
+            *modern.FIGURES,
+            *bits.FIGURES,
+        ),
+        key=lambda f: f.name,
     )
 }
 

@@ -20,14 +20,20 @@ from pathlib import Path
 from llm1bit import __version__
 from llm1bit.amdahl import parse_s_partial
 from llm1bit.cache import ResultCache
+from llm1bit.costs import Pricing
+from llm1bit.energy import load_energy_table
 from llm1bit.engine import Progress
 from llm1bit.errors import UserError
 from llm1bit.hardware import Hardware, load_hardware
 from llm1bit.models import CONFIG_DIR, GPT_MODELS, LLAMA_MODELS, OPT_MODELS, ModelSpec, resolve_model
+from llm1bit.precision import Precision
 from llm1bit.split import Split
 from llm1bit.sweep import Point, points, run_points
 
 SEQ_LENS = (128, 256, 512, 1024, 2048, 4096)
+WEIGHT_BITS = (16.0, 8.0, 4.0, 3.0, 2.0, 1.58, 1.0)  # fig14's projection weight widths
+BREAKDOWN_BITS = (16.0, 3.0, 1.58)  # fig15's (ShiftAddLLM Fig. 8: FP16, 3-bit ShiftAddLLM; ternary)
+BREAKDOWN_MODELS = ("opt-66b", "llama-7b")
 
 # fig13: (true architecture from llm1bit/configs/<name>.json, the comparable paper-shape model).
 # opt-125m has GPT-2 small's d, h and layers; the paper's gpt-125m is that shape with d_FF = d.
@@ -57,6 +63,34 @@ class Settings:
     modern_pairs: tuple[tuple[str, str], ...] = MODERN_PAIRS
     modern_lens: tuple[int, ...] = (2048, 4096)
     config_dir: Path = CONFIG_DIR
+    # What prices the counters (fig14, fig15; the other figures plot counters only and ignore these).
+    weight_bits: tuple[float, ...] = WEIGHT_BITS  # fig14's x axis
+    breakdown_bits: tuple[float, ...] = BREAKDOWN_BITS  # fig15's bars
+    breakdown_models: tuple[str, ...] = BREAKDOWN_MODELS
+    weight_format: str | None = None  # None: each width's default format (precision.default_format)
+    act_bits: float = 16.0
+    kv_bits: float = 16.0
+    energy_table: str | None = None  # a built-in table name or a JSON file; None: horowitz-45nm
+    bcq_compute: str = "lut"
+    freq_mhz: float | None = None  # None: the .cfg's [llm1bit] clock
+    dram_gbps: float | None = None  # None: the .cfg's [llm1bit] DRAM bandwidth
+
+    def pricing(self, weight_bits: float) -> Pricing:
+        """Projection weights at `weight_bits` in `weight_format` (None: the width's default format),
+        activations and KV cache at these settings' widths; a bad value is a one-line UserError."""
+        return self._pricing(weight_bits, self.weight_format)
+
+    def reference_pricing(self) -> Pricing:
+        """The 16-bit point that speedups and savings are relative to: fp16 weights, whatever `weight_format`."""
+        return self._pricing(16.0, None)
+
+    def _pricing(self, weight_bits: float, weight_format: str | None) -> Pricing:
+        precision = Precision.build(weight_bits, self.act_bits, self.kv_bits, weight_format)
+        return Pricing(precision, load_energy_table(self.energy_table), self.bcq_compute)
+
+    def priced_hardware(self, name: str) -> Hardware:
+        """The built-in (or .cfg) hardware with these settings' clock / DRAM bandwidth overrides."""
+        return hardware(name).with_clock(self.freq_mhz, self.dram_gbps)
 
     @property
     def suffix(self) -> str:
