@@ -87,3 +87,17 @@ $(SMOLLM2_GGUF):
 # SmolLM2: Kendall tau, ILP vs rank rule, perplexity of uniform / mixed allocations, ILP solve time (~1 h on 2 cores).
 bench-bits: install
 	$(BIN)/python scripts/bench_bits.py --nsamples 16 --seqlen 512 --eval-windows 20 --figures figures
+
+
+# fig16: perplexity of quantized folders against their simulated speedup / energy saving. RESULTS holds
+# `llm1bit quantize` folders and their `llm1bit eval --json` results; `make fig16-results` makes it
+# (SmolLM2-135M, rtn / gptq / shiftaddllm lat, acc at 2 and 3 bits + a 2.2-bit mixed allocation; hours on
+# 2 CPU cores at the default 32 x 2048 calibration, see scripts/fig16_results.sh for smaller settings).
+RESULTS ?= results/fig16
+.PHONY: fig16 fig16-results
+
+fig16: install
+	$(LLM1BIT) figures --only fig16 --results $(RESULTS) --backend $(BACKEND) --out figures
+
+fig16-results: install $(SMOLLM2_GGUF)
+	bash scripts/fig16_results.sh $(RESULTS)

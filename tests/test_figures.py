@@ -9,7 +9,7 @@ import pytest
 from click.testing import CliRunner
 
 from llm1bit.cli import main
-from llm1bit.figures import FIGURES, Settings, make_figures
+from llm1bit.figures import FIGURES, NEEDS_RESULTS, Settings, make_figures
 from llm1bit.figures.common import (
     MODEL_COLORS,
     FigureSpec,
@@ -32,6 +32,7 @@ SMALL = dict(
     modern_lens=(2048,),
 )
 NAMES = [f"fig{n:02d}" for n in range(4, 16)]
+DEFAULT = [n for n in FIGURES if n not in NEEDS_RESULTS]  # fig16 needs --results (tests/test_fig16.py)
 HEATMAPS = {
     "fig04": ("opt", "cloud"),
     "fig06": ("opt", "edge"),
@@ -51,7 +52,7 @@ def drawn(tmp_path_factory):
     cache = tmp_path_factory.mktemp("cache")
     from llm1bit.cache import ResultCache
 
-    written = make_figures(list(FIGURES), settings, out, cache=ResultCache(cache))
+    written = make_figures(DEFAULT, settings, out, cache=ResultCache(cache))
     return settings, out, written
 
 
@@ -208,7 +209,7 @@ def test_points_of_all_figures_are_simulated_in_one_call(monkeypatch):
 
     monkeypatch.setattr(common, "run_points", spy)
     settings = Settings(backend="analytic", **SMALL)
-    specs = list(FIGURES.values())
+    specs = [FIGURES[n] for n in DEFAULT]
     results = simulate(specs, settings)
     all_points = [p for s in specs for p in s.points(settings)]
     assert calls == [len(set(all_points))] and len(set(all_points)) < len(all_points)

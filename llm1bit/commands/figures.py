@@ -65,6 +65,12 @@ def _check_costs(settings) -> None:
     "--jobs", default=None, callback=positive_int, help="Simulator worker processes [default: CPU count]."
 )
 @cost_options(many=True)
+@click.option(
+    "--results",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="fig16: a folder of `llm1bit quantize` outputs and their `llm1bit eval --json` results.",
+)
 @cache_option
 def figures(
     only: str | None,
@@ -81,6 +87,7 @@ def figures(
     dram_gbps: float | None,
     energy_table: str | None,
     bcq_compute: str,
+    results: Path | None,
     cache_dir: Path | None,
 ) -> None:
     """Regenerate the study's figures from simulation into OUT/figNN-*.png, .pdf and .csv.
@@ -96,6 +103,8 @@ def figures(
                    bits (16 ... 1), OPT, l = 2048, cloud and edge, Amdahl limits
     fig15          energy per decode step, MatMul / MatMul-free x compute /
                    SRAM / DRAM, OPT-66B and LLaMA-7B at 16, 3 and 1.58 bits
+    fig16          perplexity of quantized folders against their simulated
+                   speedup and energy saving (needs --results DIR; README)
     The cost options (--weight-bits ... --bcq-compute) price fig14 and fig15
     only (fig04-fig13 plot counters): --weight-bits is the list of widths of
     both [default: fig14 16,8,4,3,2,1.58,1; fig15 16,3,1.58]; speedups and
@@ -117,9 +126,10 @@ def figures(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from llm1bit.errors import UserError
-    from llm1bit.figures import FIGURES, Settings, make_figures
+    from llm1bit.figures import FIGURES, NEEDS_RESULTS, Settings, make_figures
 
-    names = _figure_names(only, list(FIGURES))
+    default = [n for n in FIGURES if results is not None or n not in NEEDS_RESULTS]
+    names = _figure_names(only, list(FIGURES)) if only else default
     widths = {}
     if weight_bits is not None:  # given: the widths of fig14 and of fig15
         widths = dict.fromkeys(
@@ -137,6 +147,7 @@ def figures(
         bcq_compute=bcq_compute,
         freq_mhz=freq_mhz,
         dram_gbps=dram_gbps,
+        results_dir=results,
         **widths,
     )
     _check_costs(settings)

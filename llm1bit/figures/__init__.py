@@ -5,6 +5,7 @@
     dataflows      fig08                       total cycles under the IS, OS and WS dataflows
     modern         fig13                       today's architectures vs the paper's simplified shapes
     bits           fig14, fig15                speedup / energy saving against weight bits; energy breakdown
+    quality        fig16                       perplexity of quantized folders against their speedup / saving
 
 `make_figures` simulates the points of all requested figures in one deduplicated run, then draws
 each figure into `<out>/figNN-....png`, `.pdf` and a `.csv` of exactly the plotted numbers."""
@@ -14,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from llm1bit.figures import amdahl_curves, bits, dataflows, heatmaps, modern
+from llm1bit.figures import amdahl_curves, bits, dataflows, heatmaps, modern, quality
 from llm1bit.figures.common import FigureSpec, Settings, simulate
 
 FIGURES: dict[str, FigureSpec] = {
@@ -26,12 +27,16 @@ FIGURES: dict[str, FigureSpec] = {
             *dataflows.FIGURES,
             *modern.FIGURES,
             *bits.FIGURES,
+            *quality.FIGURES,
         ),
         key=lambda f: f.name,
     )
 }
 
-__all__ = ["FIGURES", "FigureSpec", "Settings", "make_figures"]
+# Figures drawn from artefacts the user supplies (`--results DIR`), not part of the default set.
+NEEDS_RESULTS = ("fig16",)
+
+__all__ = ["FIGURES", "NEEDS_RESULTS", "FigureSpec", "Settings", "make_figures"]
 
 
 def make_figures(

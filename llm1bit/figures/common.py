@@ -74,6 +74,7 @@ class Settings:
     bcq_compute: str = "lut"
     freq_mhz: float | None = None  # None: the .cfg's [llm1bit] clock
     dram_gbps: float | None = None  # None: the .cfg's [llm1bit] DRAM bandwidth
+    results_dir: Path | None = None  # fig16: quantized folders and their `eval --json` results
 
     def pricing(self, weight_bits: float) -> Pricing:
         """Projection weights at `weight_bits` in `weight_format` (None: the width's default format),
