@@ -9,11 +9,11 @@ from pathlib import Path
 import click
 
 from llm1bit.commands.options import (
+    CostArgs,
     cache_option,
     cost_options,
     layer_bits_options,
     make_cache,
-    make_pricings,
     positive_int,
     resolve_with_bits,
     simulator_progress,
@@ -63,14 +63,7 @@ def amdahl(
     phase: str,
     batch: int,
     jobs: int | None,
-    weight_bits: str,
-    act_bits: str,
-    kv_bits: str,
-    weight_format: str | None,
-    freq_mhz: float | None,
-    dram_gbps: float | None,
-    energy_table: str | None,
-    bcq_compute: str,
+    cost: CostArgs,
     bits_config: str | None,
     quantized: str | None,
     cache_dir: Path | None,
@@ -110,11 +103,11 @@ def amdahl(
     if not (model_names or quantized):
         raise UserError("give --model NAME[,NAME...] (or --quantized DIR)")
     models = resolve_with_bits(model_names, bits_config, quantized, many=True)
-    (pricing,) = make_pricings(weight_bits, act_bits, kv_bits, weight_format, energy_table, bcq_compute)
+    (pricing,) = cost.pricings()
     per_layer = bool(bits_config or quantized)
     metric = metric or ("cycles" if pricing.precision == Precision() and not per_layer else "time")
     base_pricing = Pricing(energy=pricing.energy, bcq_compute=pricing.bcq_compute)  # 16 / 16 / 16 fp
-    hw = load_hardware(hw_spec).with_clock(freq_mhz, dram_gbps)
+    hw = load_hardware(hw_spec).with_clock(cost.freq_mhz, cost.dram_gbps)
     # the 16-bit point: every projection fp16, per-layer widths (--bits-config / --quantized) dropped
     asked = points(models, [hw], [seq_len], [dataflow], phase, batch, [pricing])
     pts = [replace(p, model=replace(p.model, proj_bits=()), pricing=base_pricing) for p in asked]

@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from llm1bit.commands.options import (
+    CostArgs,
     cache_option,
     cost_options,
     make_cache,
@@ -64,7 +65,12 @@ def _check_costs(settings) -> None:
 @click.option(
     "--jobs", default=None, callback=positive_int, help="Simulator worker processes [default: CPU count]."
 )
-@cost_options(many=True)
+@cost_options(
+    many=True,
+    weight_bits_default=None,
+    weight_bits_help="Projection weight bits of fig14 and fig15, comma-separated "
+    "[default: fig14 16,8,4,3,2,1.58,1; fig15 16,3,1.58].",
+)
 @click.option(
     "--results",
     type=click.Path(file_okay=False, path_type=Path),
@@ -79,14 +85,7 @@ def figures(
     phase: str,
     batch: int,
     jobs: int | None,
-    weight_bits: str | None,
-    act_bits: str,
-    kv_bits: str,
-    weight_format: str | None,
-    freq_mhz: float | None,
-    dram_gbps: float | None,
-    energy_table: str | None,
-    bcq_compute: str,
+    cost: CostArgs,
     results: Path | None,
     cache_dir: Path | None,
 ) -> None:
@@ -131,22 +130,22 @@ def figures(
     default = [n for n in FIGURES if results is not None or n not in NEEDS_RESULTS]
     names = _figure_names(only, list(FIGURES)) if only else default
     widths = {}
-    if weight_bits is not None:  # given: the widths of fig14 and of fig15
+    if cost.weight_bits is not None:  # given: the widths of fig14 and of fig15
         widths = dict.fromkeys(
             ("weight_bits", "breakdown_bits"),
-            tuple(dict.fromkeys(parse_float_list("--weight-bits", weight_bits))),
+            tuple(dict.fromkeys(parse_float_list("--weight-bits", cost.weight_bits))),
         )
     settings = Settings(
         backend=backend,
         phase=phase,
         batch=batch,
-        act_bits=parse_float_list("--act-bits", act_bits)[0],
-        kv_bits=parse_float_list("--kv-bits", kv_bits)[0],
-        weight_format=weight_format,
-        energy_table=energy_table,
-        bcq_compute=bcq_compute,
-        freq_mhz=freq_mhz,
-        dram_gbps=dram_gbps,
+        act_bits=parse_float_list("--act-bits", cost.act_bits)[0],
+        kv_bits=parse_float_list("--kv-bits", cost.kv_bits)[0],
+        weight_format=cost.weight_format,
+        energy_table=cost.energy_table,
+        bcq_compute=cost.bcq_compute,
+        freq_mhz=cost.freq_mhz,
+        dram_gbps=cost.dram_gbps,
         results_dir=results,
         **widths,
     )
@@ -183,14 +182,3 @@ def figures(
         stem = paths[0].with_suffix("")
         exts = ",".join(p.suffix.lstrip(".") for p in paths)
         click.echo(f"{name}: {stem}.{{{exts}}}", err=True)
-
-
-# cost_options' --weight-bits defaults to 16 for the one-point commands; the figures take their own lists.
-for _param in figures.params:
-    if _param.name == "weight_bits":
-        _param.default = None
-        _param.show_default = False
-        _param.help = (
-            "Projection weight bits of fig14 and fig15, comma-separated "
-            "[default: fig14 16,8,4,3,2,1.58,1; fig15 16,3,1.58]."
-        )

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -117,79 +120,91 @@ def parse_float_list(flag: str, text: str) -> list[float]:
     return out
 
 
-def cost_options(many: bool = False) -> Callable:
-    """--weight-bits / --act-bits / --kv-bits / --weight-format / --freq-mhz / --dram-gbps / --energy-table.
+@dataclass(frozen=True)
+class CostArgs:
+    """The cost options of a command, as given (strings for the bit lists), bundled into one argument."""
+
+    weight_bits: str | None
+    act_bits: str
+    kv_bits: str
+    weight_format: str | None
+    freq_mhz: float | None
+    dram_gbps: float | None
+    energy_table: str | None
+    bcq_compute: str
+
+    def pricings(self) -> list:
+        """One Pricing per weight width (a single one unless a list was given)."""
+        from llm1bit.costs import Pricing
+        from llm1bit.energy import load_energy_table
+        from llm1bit.precision import Precision
+
+        table = load_energy_table(self.energy_table)
+        act = parse_float_list("--act-bits", self.act_bits)[0]
+        kv = parse_float_list("--kv-bits", self.kv_bits)[0]
+        return [
+            Pricing(Precision.build(wb, act, kv, self.weight_format), table, self.bcq_compute)
+            for wb in dict.fromkeys(parse_float_list("--weight-bits", self.weight_bits or "16"))
+        ]
+
+    def clocked(self, hw):
+        """The hardware with the --freq-mhz / --dram-gbps overrides."""
+        return hw.with_clock(self.freq_mhz, self.dram_gbps)
+
+
+COST_FIELDS = tuple(f.name for f in dataclasses.fields(CostArgs))
+
+
+def cost_options(
+    many: bool = False, weight_bits_default: str | None = "16", weight_bits_help: str | None = None
+):
+    """--weight-bits / --act-bits / --kv-bits / --weight-format / --freq-mhz / --dram-gbps / --energy-table /
+    --bcq-compute, handed to the command as one `cost: CostArgs` argument.
 
     With `many`, --weight-bits takes a comma-separated list (a sweep over widths)."""
-    wb_help = "Projection weight bits (16, 8, 4, 3, 2, 1.58, 1; fractional allowed)" + (
-        ", comma-separated" if many else ""
+    wb_help = weight_bits_help or "Projection weight bits (16, 8, 4, 3, 2, 1.58, 1; fractional allowed)" + (
+        ", comma-separated." if many else "."
+    )
+    options = (
+        click.option(
+            "--weight-bits", default=weight_bits_default, show_default=bool(weight_bits_default), help=wb_help
+        ),
+        click.option("--act-bits", default="16", show_default=True, help="Activation bits (ifmap, ofmap)."),
+        click.option("--kv-bits", default="16", show_default=True, help="Bits of the cached K / V."),
+        click.option(
+            "--weight-format",
+            default=None,
+            help="fp, int, bcq-lat, bcq-acc, ternary, binary, raw [default: by width: 16 fp, 8/4 int, "
+            "3/2 bcq-lat, 1.58 ternary, 1 binary].",
+        ),
+        click.option("--freq-mhz", type=float, default=None, help="Clock [default: the .cfg's [llm1bit]]."),
+        click.option(
+            "--dram-gbps", type=float, default=None, help="DRAM bandwidth, 10^9 B/s [default: the .cfg's]."
+        ),
+        click.option(
+            "--energy-table",
+            default=None,
+            help="horowitz-45nm (default), shiftaddllm, or a JSON file of unit energies (README).",
+        ),
+        click.option(
+            "--bcq-compute",
+            type=click.Choice(["lut", "add"]),
+            default="lut",
+            show_default=True,
+            help="BCQ weights: 8-bit LUT queries (ShiftAddLLM) or additions.",
+        ),
     )
 
     def decorate(f: Callable) -> Callable:
-        for option in reversed(
-            (
-                click.option(
-                    "--weight-bits", "weight_bits", default="16", show_default=True, help=wb_help + "."
-                ),
-                click.option(
-                    "--act-bits", default="16", show_default=True, help="Activation bits (ifmap, ofmap)."
-                ),
-                click.option("--kv-bits", default="16", show_default=True, help="Bits of the cached K / V."),
-                click.option(
-                    "--weight-format",
-                    default=None,
-                    help="fp, int, bcq-lat, bcq-acc, ternary, binary, raw [default: by width: 16 fp, 8/4 int, "
-                    "3/2 bcq-lat, 1.58 ternary, 1 binary].",
-                ),
-                click.option(
-                    "--freq-mhz", type=float, default=None, help="Clock [default: the .cfg's [llm1bit]]."
-                ),
-                click.option(
-                    "--dram-gbps",
-                    type=float,
-                    default=None,
-                    help="DRAM bandwidth, 10^9 B/s [default: the .cfg's].",
-                ),
-                click.option(
-                    "--energy-table",
-                    default=None,
-                    help="horowitz-45nm (default), shiftaddllm, or a JSON file of unit energies (README).",
-                ),
-                click.option(
-                    "--bcq-compute",
-                    type=click.Choice(["lut", "add"]),
-                    default="lut",
-                    show_default=True,
-                    help="BCQ weights: 8-bit LUT queries (ShiftAddLLM) or additions.",
-                ),
-            )
-        ):
-            f = option(f)
-        return f
+        @functools.wraps(f)
+        def command(*args, **kwargs):
+            return f(*args, cost=CostArgs(**{k: kwargs.pop(k) for k in COST_FIELDS}), **kwargs)
+
+        for option in reversed(options):
+            command = option(command)
+        return command
 
     return decorate
-
-
-def make_pricings(
-    weight_bits: str,
-    act_bits: str,
-    kv_bits: str,
-    weight_format: str | None,
-    energy_table: str | None,
-    bcq_compute: str,
-):
-    """One Pricing per weight width (a single one unless a list was given)."""
-    from llm1bit.costs import Pricing
-    from llm1bit.energy import load_energy_table
-    from llm1bit.precision import Precision
-
-    table = load_energy_table(energy_table)
-    act = parse_float_list("--act-bits", act_bits)[0]
-    kv = parse_float_list("--kv-bits", kv_bits)[0]
-    return [
-        Pricing(Precision.build(wb, act, kv, weight_format), table, bcq_compute)
-        for wb in dict.fromkeys(parse_float_list("--weight-bits", weight_bits))
-    ]
 
 
 def layer_bits_options(f: Callable) -> Callable:

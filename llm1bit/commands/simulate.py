@@ -8,11 +8,11 @@ from pathlib import Path
 import click
 
 from llm1bit.commands.options import (
+    CostArgs,
     cache_option,
     cost_options,
     layer_bits_options,
     make_cache,
-    make_pricings,
     positive_int,
     resolve_with_bits,
     simulator_progress,
@@ -59,14 +59,7 @@ def simulate(
     batch: int,
     jobs: int | None,
     strict: bool,
-    weight_bits: str,
-    act_bits: str,
-    kv_bits: str,
-    weight_format: str | None,
-    freq_mhz: float | None,
-    dram_gbps: float | None,
-    energy_table: str | None,
-    bcq_compute: str,
+    cost: CostArgs,
     bits_config: str | None,
     quantized: str | None,
     cache_dir: Path | None,
@@ -85,8 +78,8 @@ def simulate(
     from llm1bit.hardware import load_hardware
     from llm1bit.sweep import Point, run_points
 
-    (pricing,) = make_pricings(weight_bits, act_bits, kv_bits, weight_format, energy_table, bcq_compute)
-    hw = load_hardware(hw_spec, dataflow).with_clock(freq_mhz, dram_gbps)
+    (pricing,) = cost.pricings()
+    hw = load_hardware(hw_spec, dataflow).with_clock(cost.freq_mhz, cost.dram_gbps)
     (model,) = resolve_with_bits(model_name, bits_config, quantized)
     point = Point(model, hw, seq_len, phase, batch, pricing)
     warn_beyond_context([point])

@@ -7,11 +7,11 @@ from pathlib import Path
 import click
 
 from llm1bit.commands.options import (
+    CostArgs,
     cache_option,
     cost_options,
     layer_bits_options,
     make_cache,
-    make_pricings,
     parse_int_list,
     parse_name_list,
     positive_int,
@@ -65,14 +65,7 @@ def sweep(
     batch: int,
     jobs: int | None,
     strict: bool,
-    weight_bits: str,
-    act_bits: str,
-    kv_bits: str,
-    weight_format: str | None,
-    freq_mhz: float | None,
-    dram_gbps: float | None,
-    energy_table: str | None,
-    bcq_compute: str,
+    cost: CostArgs,
     bits_config: str | None,
     quantized: str | None,
     cache_dir: Path | None,
@@ -94,8 +87,10 @@ def sweep(
     from llm1bit.sweep import points, run_points, to_csv, uncovered_points
 
     models = resolve_with_bits(model_names, bits_config, quantized, many=True)
-    hardware = [hw.with_clock(freq_mhz, dram_gbps) for hw in load_hardware_list(parse_name_list(hw_specs))]
-    pricings = make_pricings(weight_bits, act_bits, kv_bits, weight_format, energy_table, bcq_compute)
+    hardware = [
+        hw.with_clock(cost.freq_mhz, cost.dram_gbps) for hw in load_hardware_list(parse_name_list(hw_specs))
+    ]
+    pricings = cost.pricings()
     lengths = parse_int_list("--seq-lens", seq_lens)
     flows: list[str | None] = [None]
     if dataflows:
