@@ -200,14 +200,18 @@ def _meta(settings: Settings, backend: str, splits: list[Split]) -> str:
 # --- fig14 ----------------------------------------------------------------------------------------
 
 
-def _fig14_rows(settings: Settings, results: Results):
-    """(hw, model, reference split, [(split at each width of settings.weight_bits)]) in plotting order."""
+def _grid(settings: Settings, results: Results, model_names, widths):
+    """(hw, model, reference split, [split at each width]) in plotting order: fig14's lines, fig15's bars."""
     ref_pricing = settings.reference_pricing()
-    widths = list(dict.fromkeys(settings.pricing(b) for b in settings.weight_bits))
+    pricings = list(dict.fromkeys(settings.pricing(b) for b in widths))
     for hw in HW:
-        for model in models(settings.opt_models):
+        for model in models(model_names):
             ref = results[_point(settings, model, hw, ref_pricing)]
-            yield hw, model, ref, [results[_point(settings, model, hw, pr)] for pr in widths]
+            yield hw, model, ref, [results[_point(settings, model, hw, pr)] for pr in pricings]
+
+
+def _fig14_rows(settings: Settings, results: Results):
+    return _grid(settings, results, settings.opt_models, settings.weight_bits)
 
 
 def fig14_csv_rows(settings: Settings, results: Results) -> list[dict]:
@@ -368,13 +372,7 @@ def segments(split: Split) -> dict[str, float]:
 
 
 def _fig15_bars(settings: Settings, results: Results):
-    """(hw, model, reference split, [split at each width of settings.breakdown_bits])."""
-    ref_pricing = settings.reference_pricing()
-    widths = list(dict.fromkeys(settings.pricing(b) for b in settings.breakdown_bits))
-    for hw in HW:
-        for model in models(settings.breakdown_models):
-            ref = results[_point(settings, model, hw, ref_pricing)]
-            yield hw, model, ref, [results[_point(settings, model, hw, pr)] for pr in widths]
+    return _grid(settings, results, settings.breakdown_models, settings.breakdown_bits)
 
 
 def fig15_csv_rows(settings: Settings, results: Results) -> list[dict]:
