@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llm1bit.errors import UserError
-from llm1bit.models import ModelSpec, spec_from_hf_config
+from llm1bit.hf_config import spec_from_hf_config
+from llm1bit.models import ModelSpec
 from llm1bit.precision import check_bits, check_format, default_format
 
 # workload projection name -> Hugging Face module path inside a decoder block, per family
@@ -40,7 +41,15 @@ HF_NAMES = {
         "ffn_out": "fc2",
     },
 }
-BLOCK_PREFIX = {"llama": "model.layers.{}.", "opt": "model.decoder.layers.{}."}
+HF_NAMES["gemma"] = HF_NAMES["llama"]  # GemmaDecoderLayer: the same module names
+HF_NAMES["phi3"] = {
+    "qkv_proj": "self_attn.qkv_proj",
+    "out_proj": "self_attn.o_proj",
+    "gate_up_proj": "mlp.gate_up_proj",
+    "down_proj": "mlp.down_proj",
+}
+BLOCK_PREFIX = {"llama": "model.layers.{}.", "gemma": "model.layers.{}.", "phi3": "model.layers.{}.",
+                "opt": "model.decoder.layers.{}."}  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -63,13 +72,15 @@ def module_names(model: ModelSpec) -> dict[str, tuple[int, str]]:
         raise UserError(
             f"per-layer bits: {model.family} models are not supported (supported: llama family, opt)"
         )
-    names = HF_NAMES[model.family]
+    from llm1bit.workload import projection_shapes
+
+    names, present = HF_NAMES[model.family], projection_shapes(model)
     prefix = BLOCK_PREFIX[model.family]
     return {
         prefix.format(i) + hf: (i, proj)
         for i in range(model.n_layers)
         for proj, hf in names.items()
-        if model.gated_ffn or proj not in ("gate_proj", "up_proj")
+        if proj in present
     }
 
 

@@ -36,6 +36,9 @@ class ModelSpec:
     # Per decoder block: ((projection name, layer_bits.ProjBits), ...) for projections with their own
     # width (from a bits file or a quantized folder); () = every projection at the point's precision.
     proj_bits: tuple = ()
+    # ((name, N, K), ...) of a block's projections where the family's layout is not the classic one
+    # (fused QKV, fused gate/up, Falcon's multi-query QKV); () = derived from the fields above.
+    projections: tuple = ()
 
     def __post_init__(self) -> None:
         for field in ("d_model", "n_heads", "d_ff", "n_layers"):
@@ -75,6 +78,11 @@ class ModelSpec:
     def architecture(self) -> str:
         ffn = "gated FFN" if self.gated_ffn else "FFN"
         attn = f"GQA {self.n_heads}/{self.kv_heads}" if self.kv_heads != self.n_heads else "MHA"
+        if self.kv_heads == 1 and self.n_heads > 1:
+            attn = f"MQA {self.n_heads}/1"
+        fused = [name for name, _, _ in self.projections if name in ("qkv_proj", "gate_up_proj")]
+        if fused:
+            attn += ", fused " + " and ".join(fused)
         windowed = {w: n for w, n in self.window_groups.items() if w}
         if windowed:
             attn += ", " + ", ".join(f"{n}/{self.n_layers} layers window {w}" for w, n in windowed.items())
@@ -114,144 +122,6 @@ OPT_MODELS = tuple(n for n in PAPER_MODELS if n.startswith("opt-"))
 GPT_MODELS = tuple(n for n in PAPER_MODELS if n.startswith("gpt-"))
 LLAMA_MODELS = tuple(n for n in PAPER_MODELS if n.startswith("llama-"))
 
-SUPPORTED_MODEL_TYPES = ("opt", "gpt2", "llama", "mistral", "qwen2", "qwen3")
-
-
-def _get_int(cfg: dict, path: Path, *keys: str, default: int | None = None) -> int:
-    for key in keys:
-        value = cfg.get(key)
-        if value is not None:
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise UserError(f"malformed config {path}: {key} = {value!r} must be a positive integer")
-            return value
-    if default is not None:
-        return default
-    raise UserError(f"malformed config {path}: missing {' / '.join(keys)}")
-
-
-# transformers' attention-type names in `layer_types`; any other type is refused, never guessed.
-LAYER_TYPES = {"full_attention": False, "sliding_attention": True}
-# MistralConfig and Qwen2/Qwen3Config default `sliding_window` to 4096 when the key is absent.
-HF_DEFAULT_WINDOW = 4096
-
-
-def _optional_window(cfg: dict, path: Path) -> int | None:
-    """The config's `sliding_window` (transformers' default 4096 when absent), None when it is null."""
-    value = cfg.get("sliding_window", HF_DEFAULT_WINDOW)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise UserError(
-            f"malformed config {path}: sliding_window = {value!r} must be a positive integer or null"
-        )
-    return value
-
-
-def _layer_types(cfg: dict, path: Path, n_layers: int) -> list[bool] | None:
-    """`layer_types` as a per-layer "is sliding" list, or None when the config does not give it."""
-    types = cfg.get("layer_types")
-    if types is None:
-        return None
-    if not isinstance(types, list) or len(types) != n_layers:
-        raise UserError(f"malformed config {path}: layer_types must list one type per layer ({n_layers})")
-    for t in types:
-        if t not in LAYER_TYPES:
-            raise UserError(
-                f"unsupported layer type {t!r} in {path}: layer_types; supported: {', '.join(LAYER_TYPES)}"
-            )
-    return [LAYER_TYPES[t] for t in types]
-
-
-def _windows(cfg: dict, path: Path, model_type: str, n_layers: int) -> tuple[int, ...]:
-    """Per-layer sliding windows exactly as transformers' model of this `model_type` applies them."""
-    if model_type == "mistral":
-        # MistralModel masks every layer with `sliding_window` (it ignores layer_types).
-        window = _optional_window(cfg, path)
-        return (window,) * n_layers if window else ()
-    if model_type in ("qwen2", "qwen3"):
-        # Qwen2/Qwen3Config: the window applies only with use_sliding_window; then layer_types,
-        # else the layers from max_window_layers on (default 28) are sliding.
-        use = cfg.get("use_sliding_window", False)
-        if not isinstance(use, bool):
-            raise UserError(f"malformed config {path}: use_sliding_window = {use!r} must be true or false")
-        window = _optional_window(cfg, path) if use else None
-        sliding = _layer_types(cfg, path, n_layers)
-        if sliding is None:
-            first = cfg.get("max_window_layers", 28)
-            if isinstance(first, bool) or not isinstance(first, int) or first < 0:
-                raise UserError(
-                    f"malformed config {path}: max_window_layers = {first!r} must be an integer >= 0"
-                )
-            sliding = [window is not None and i >= first for i in range(n_layers)]
-        if any(sliding) and window is None:
-            raise UserError(
-                f"malformed config {path}: layer_types has sliding layers but use_sliding_window is false "
-                "or sliding_window is null"
-            )
-        return tuple(window if s else 0 for s in sliding) if any(sliding) else ()
-    # LlamaModel, OPT and GPT-2 attend to every cached token; say so if the config suggests otherwise.
-    sliding = _layer_types(cfg, path, n_layers) or []
-    if cfg.get("sliding_window") is not None or any(sliding):
-        warn(
-            f"{path}: transformers' {model_type} model ignores sliding_window / layer_types; full attention used"
-        )
-    return ()
-
-
-def spec_from_hf_config(cfg: dict, path: Path, name: str | None = None) -> ModelSpec:
-    """Read the true decode-relevant architecture from a Hugging Face config dict."""
-    model_type = cfg.get("model_type")
-    if model_type not in SUPPORTED_MODEL_TYPES:
-        raise UserError(
-            f"unsupported model_type {model_type!r} in {path}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
-        )
-    name = name or cfg.get("_name_or_path") or path.parent.name or path.stem
-    source = str(path.resolve())
-    max_positions = _get_int(cfg, path, "max_position_embeddings", "n_positions", default=0)
-    if model_type == "gpt2":
-        d = _get_int(cfg, path, "n_embd", "hidden_size")
-        return ModelSpec(
-            name=name,
-            family="gpt",
-            d_model=d,
-            n_heads=_get_int(cfg, path, "n_head", "num_attention_heads"),
-            d_ff=_get_int(cfg, path, "n_inner", default=4 * d),
-            n_layers=_get_int(cfg, path, "n_layer", "num_hidden_layers"),
-            source=source,
-            max_positions=max_positions,
-        )
-    if model_type == "opt":
-        return ModelSpec(
-            name=name,
-            family="opt",
-            d_model=_get_int(cfg, path, "hidden_size"),
-            n_heads=_get_int(cfg, path, "num_attention_heads"),
-            d_ff=_get_int(cfg, path, "ffn_dim"),
-            n_layers=_get_int(cfg, path, "num_hidden_layers"),
-            source=source,
-            max_positions=max_positions,
-        )
-    heads = _get_int(cfg, path, "num_attention_heads")
-    d_model = _get_int(cfg, path, "hidden_size")
-    kv_heads = _get_int(cfg, path, "num_key_value_heads", default=heads)
-    head_dim = _get_int(cfg, path, "head_dim") if cfg.get("head_dim") is not None else 0
-    d_ff = _get_int(cfg, path, "intermediate_size")
-    n_layers = _get_int(cfg, path, "num_hidden_layers")
-    return ModelSpec(
-        name=name,
-        family="llama",
-        d_model=d_model,
-        n_heads=heads,
-        n_kv_heads=kv_heads,
-        head_dim=head_dim,
-        d_ff=d_ff,
-        n_layers=n_layers,
-        gated_ffn=True,
-        source=source,
-        windows=_windows(cfg, path, model_type, n_layers),
-        max_positions=max_positions,
-    )
-
 
 def load_hf_config(path: str | Path, label: str | None = None) -> ModelSpec:
     """A `config.json`, or a folder holding one; `label` overrides the name taken from the path."""
@@ -268,6 +138,8 @@ def load_hf_config(path: str | Path, label: str | None = None) -> ModelSpec:
         raise UserError(f"cannot read config {path}: {exc}") from None
     if not isinstance(cfg, dict):
         raise UserError(f"malformed config {path}: expected a JSON object")
+    from llm1bit.hf_config import spec_from_hf_config
+
     name = label or (path.parent.name if path.name == "config.json" else path.stem)
     return spec_from_hf_config(cfg, path, name=name)
 

@@ -51,6 +51,8 @@ def _positive(name: str, value: int) -> int:
 
 def projection_shapes(model: ModelSpec) -> dict[str, tuple[int, int]]:
     """Each projection of a decoder block: (N outputs, K inputs), i.e. nn.Linear's [out, in]."""
+    if model.projections:
+        return {name: (n, k) for name, n, k in model.projections}
     d, dh, h, hkv = model.d_model, model.dim_head, model.n_heads, model.kv_heads
     shapes = {
         "q_proj": (h * dh, d),
