@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from llm1bit.errors import UserError, warn
-from llm1bit.models import ModelSpec
+from llm1bit.models import EXPERT, FFN, MLA, ROUTER, SHARED_EXPERT, ModelSpec, MoE, Proj
 
 SUPPORTED_MODEL_TYPES = (
     "opt",
@@ -27,6 +27,11 @@ SUPPORTED_MODEL_TYPES = (
     "gpt_neox",
     "falcon",
     "bloom",
+    "mixtral",
+    "qwen2_moe",
+    "qwen3_moe",
+    "deepseek_v2",
+    "deepseek_v3",
 )
 # transformers' attention-type names in `layer_types`; any other type is refused, never guessed.
 LAYER_TYPES = {"full_attention": False, "sliding_attention": True}
@@ -96,6 +101,30 @@ def _pattern_windows(
 
 def _windows(cfg: dict, path: Path, model_type: str, n_layers: int) -> tuple[int, ...]:
     """Per-layer sliding windows exactly as transformers' model of this `model_type` applies them."""
+    if model_type == "qwen2_moe":
+        # Qwen2MoeConfig.__post_init__: layer_types, else with use_sliding_window every other layer (from
+        # layer 0) below max_window_layers (default 28) is sliding
+        use = _get_bool(cfg, path, "use_sliding_window", False)
+        window = _optional_window(cfg, path) if use else None
+        sliding = _layer_types(cfg, path, n_layers)
+        if sliding is None:
+            first = _get_int(cfg, path, "max_window_layers", default=28)
+            sliding = [use and bool((i + 1) % 2) and i < first for i in range(n_layers)]
+        if any(sliding) and window is None:
+            raise UserError(f"malformed config {path}: sliding layers but use_sliding_window is false")
+        return tuple(window if x else 0 for x in sliding) if any(sliding) else ()
+    if model_type in ("qwen3_moe", "mixtral"):
+        # Qwen3MoeModel: sliding_window on every layer when use_sliding_window; MixtralModel: on every layer
+        # when sliding_window is set (MixtralConfig default None)
+        on = _get_bool(cfg, path, "use_sliding_window", False) if model_type == "qwen3_moe" else True
+        window = (
+            (_optional_window(cfg, path) if model_type == "qwen3_moe" else cfg.get("sliding_window"))
+            if on
+            else None
+        )
+        if window is not None and model_type == "mixtral":
+            window = _optional_window(cfg, path)
+        return (window,) * n_layers if window else ()
     if model_type in ("mistral", "phi3"):
         # MistralModel masks every layer with `sliding_window` (it ignores layer_types); so does Phi3Model,
         # whose Phi3Config defaults sliding_window to None (Mistral's to 4096).
@@ -194,6 +223,8 @@ def spec_from_hf_config(cfg: dict, path: Path, name: str | None = None) -> Model
         )
     if model_type in ("gpt_neox", "bloom", "falcon"):
         return _fused_qkv_family(cfg, path, model_type, common)
+    if model_type in ("deepseek_v2", "deepseek_v3"):
+        return _deepseek(cfg, path, model_type, common)
     heads = _get_int(cfg, path, "num_attention_heads")
     d_model = _get_int(cfg, path, "hidden_size")
     kv_heads = _get_int(cfg, path, "num_key_value_heads", default=heads)
@@ -207,12 +238,17 @@ def spec_from_hf_config(cfg: dict, path: Path, name: str | None = None) -> Model
     if model_type == "phi3":  # fused qkv_proj and gate_up_proj (Phi3Attention / Phi3MLP): same work, one GEMM
         dh = head_dim or d_model // heads
         projections = (
-            ("qkv_proj", (heads + 2 * kv_heads) * dh, d_model),
-            ("out_proj", d_model, heads * dh),
-            ("gate_up_proj", 2 * d_ff, d_model),
-            ("down_proj", d_model, d_ff),
+            Proj("qkv_proj", (heads + 2 * kv_heads) * dh, d_model),
+            Proj("out_proj", d_model, heads * dh),
+            Proj("gate_up_proj", 2 * d_ff, d_model, FFN),
+            Proj("down_proj", d_model, d_ff, FFN),
         )
     family = "gemma" if model_type.startswith("gemma") else "phi3" if model_type == "phi3" else "llama"
+    moe = (
+        _moe(cfg, path, model_type, d_model, n_layers)
+        if model_type in ("mixtral", "qwen2_moe", "qwen3_moe")
+        else None
+    )
     return ModelSpec(
         family=family,
         d_model=d_model,
@@ -224,6 +260,97 @@ def spec_from_hf_config(cfg: dict, path: Path, name: str | None = None) -> Model
         gated_ffn=True,
         windows=_windows(cfg, path, model_type, n_layers),
         projections=projections,
+        moe=moe,
+        **common,
+    )
+
+
+def _gated(prefix: str, ff: int, d: int, kind: str) -> tuple[Proj, ...]:
+    return (
+        Proj(f"{prefix}gate_proj", ff, d, kind),
+        Proj(f"{prefix}up_proj", ff, d, kind),
+        Proj(f"{prefix}down_proj", d, ff, kind),
+    )
+
+
+def _moe(cfg: dict, path: Path, model_type: str, d: int, n_layers: int) -> MoE:
+    """Mixtral (MixtralSparseMoeBlock), Qwen2-MoE (with a gated shared expert), Qwen3-MoE."""
+    if model_type == "mixtral":  # every layer sparse; experts of intermediate_size (no separate field)
+        experts = _get_int(cfg, path, "num_local_experts", "num_experts", default=8)  # MixtralConfig defaults
+        top_k = _get_int(cfg, path, "num_experts_per_tok", default=2)
+        ff = _get_int(cfg, path, "intermediate_size")
+        layers = (True,) * n_layers
+        always: tuple[Proj, ...] = ()
+    else:
+        experts = _get_int(cfg, path, "num_experts", "num_local_experts")  # attribute_map aliases
+        top_k = _get_int(cfg, path, "num_experts_per_tok")
+        ff = _get_int(cfg, path, "moe_intermediate_size")
+        step = _get_int(cfg, path, "decoder_sparse_step", default=1)
+        only = cfg.get("mlp_only_layers") or []
+        if not isinstance(only, list) or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in only
+        ):
+            raise UserError(
+                f"malformed config {path}: mlp_only_layers = {only!r} must be a list of layer indices"
+            )
+        # Qwen2MoeDecoderLayer / Qwen3MoeDecoderLayer: sparse unless in mlp_only_layers, every step-th layer
+        layers = tuple(i not in only and (i + 1) % step == 0 for i in range(n_layers))
+        always = ()
+        if model_type == "qwen2_moe":
+            shared = _get_int(cfg, path, "shared_expert_intermediate_size")
+            always = (
+                *_gated("shared_expert.", shared, d, SHARED_EXPERT),
+                Proj("shared_expert_gate", 1, d, SHARED_EXPERT),
+            )
+    if top_k > experts:
+        raise UserError(f"malformed config {path}: {top_k} experts per token but only {experts} experts")
+    router = Proj("router", experts, d, ROUTER)
+    return MoE(experts, top_k, _gated("expert.", ff, d, EXPERT), (router, *always), layers)
+
+
+def _deepseek(cfg: dict, path: Path, model_type: str, common: dict) -> ModelSpec:
+    """DeepSeek-V2 / V3: multi-head latent attention, routed + shared experts after `first_k_dense_replace`
+    dense layers (DeepseekV2/V3DecoderLayer; transformers has no moe_layer_freq, so neither do we)."""
+    d = _get_int(cfg, path, "hidden_size")
+    heads = _get_int(cfg, path, "num_attention_heads")
+    n_layers = _get_int(cfg, path, "num_hidden_layers")
+    d_ff = _get_int(cfg, path, "intermediate_size")
+    if cfg.get("moe_layer_freq", 1) not in (None, 1):
+        raise UserError(
+            f"unsupported config {path}: moe_layer_freq = {cfg['moe_layer_freq']!r} (transformers and llm1bit model 1)"
+        )
+    q_lora = cfg.get("q_lora_rank")
+    mla = MLA(
+        q_lora_rank=_get_int(cfg, path, "q_lora_rank") if q_lora is not None else 0,
+        kv_lora_rank=_get_int(cfg, path, "kv_lora_rank"),
+        qk_nope_head_dim=_get_int(cfg, path, "qk_nope_head_dim"),
+        qk_rope_head_dim=_get_int(cfg, path, "qk_rope_head_dim"),
+        v_head_dim=_get_int(cfg, path, "v_head_dim"),
+    )
+    experts = _get_int(cfg, path, "n_routed_experts", "num_experts", "num_local_experts")
+    top_k = _get_int(cfg, path, "num_experts_per_tok")
+    moe_ff = _get_int(cfg, path, "moe_intermediate_size")
+    first_dense = cfg.get("first_k_dense_replace") or 0
+    shared = cfg.get("n_shared_experts") or 0
+    always = _gated("shared_experts.", shared * moe_ff, d, SHARED_EXPERT) if shared else ()
+    moe = MoE(
+        experts,
+        top_k,
+        _gated("expert.", moe_ff, d, EXPERT),
+        (Proj("router", experts, d, ROUTER), *always),
+        tuple(i >= first_dense for i in range(n_layers)),
+    )
+    return ModelSpec(
+        family=model_type,
+        d_model=d,
+        n_heads=heads,
+        head_dim=mla.v_head_dim,
+        d_ff=d_ff,
+        n_layers=n_layers,
+        gated_ffn=True,
+        moe=moe,
+        mla=mla,
+        windows=_windows(cfg, path, model_type, n_layers),
         **common,
     )
 
@@ -254,10 +381,10 @@ def _fused_qkv_family(cfg: dict, path: Path, model_type: str, common: dict) -> M
         raise UserError(f"model {common['name']}: {heads} heads do not divide hidden_size = {d}")
     dh = d // heads
     projections = (
-        ("qkv_proj", (heads + 2 * kv_heads) * dh, d),
-        ("out_proj", d, d),
-        ("ffn_in", d_ff, d),
-        ("ffn_out", d, d_ff),
+        Proj("qkv_proj", (heads + 2 * kv_heads) * dh, d),
+        Proj("out_proj", d, d),
+        Proj("ffn_in", d_ff, d, FFN),
+        Proj("ffn_out", d, d_ff, FFN),
     )
     return ModelSpec(
         family=model_type,

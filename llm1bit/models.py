@@ -18,6 +18,54 @@ from llm1bit.errors import UserError, unknown_choice, warn
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 
 
+ATTENTION_PROJECTION, FFN, EXPERT, ROUTER, SHARED_EXPERT = (
+    "attention-projection",
+    "ffn",
+    "expert",
+    "router",
+    "shared-expert",
+)
+
+
+@dataclass(frozen=True)
+class Proj:
+    """One weight matrix of a decoder block: N outputs x K inputs (nn.Linear's [out, in])."""
+
+    name: str
+    n: int
+    k: int
+    kind: str = ATTENTION_PROJECTION  # attention-projection | ffn | expert | router | shared-expert
+    per_block: int = 1  # occurrences per block (MLA's absorbed per-head products: the head count)
+
+
+@dataclass(frozen=True)
+class MoE:
+    """A mixture-of-experts FFN: `experts` routed experts of which `top_k` per token, each `expert` projections,
+    plus what every token always runs (`always`: the router, shared experts and their gate)."""
+
+    experts: int
+    top_k: int
+    expert: tuple[Proj, ...]
+    always: tuple[Proj, ...]
+    layers: tuple[bool, ...]  # per decoder layer: the MoE FFN (True) or the dense FFN (False)
+
+
+@dataclass(frozen=True)
+class MLA:
+    """Multi-head latent attention (DeepSeek-V2/V3): the cache holds kv_lora_rank + qk_rope_head_dim per token.
+
+    `absorbed` (default): kv_b_proj folded into the query and output sides, the attention products run
+    over the latent cache (one shared 'K/V head' of width kv_lora + rope); `expanded`: kv_b_proj
+    re-expands K and V per head and the cache holds them (transformers' implementation)."""
+
+    q_lora_rank: int  # 0: q_proj directly
+    kv_lora_rank: int
+    qk_nope_head_dim: int
+    qk_rope_head_dim: int
+    v_head_dim: int
+    form: str = "absorbed"
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     name: str
@@ -36,9 +84,11 @@ class ModelSpec:
     # Per decoder block: ((projection name, layer_bits.ProjBits), ...) for projections with their own
     # width (from a bits file or a quantized folder); () = every projection at the point's precision.
     proj_bits: tuple = ()
-    # ((name, N, K), ...) of a block's projections where the family's layout is not the classic one
-    # (fused QKV, fused gate/up, Falcon's multi-query QKV); () = derived from the fields above.
+    # A block's projections (Proj) where the family's layout is not the classic one (fused QKV, fused
+    # gate/up, Falcon's multi-query QKV, MLA's projections); () = derived from the fields above.
     projections: tuple = ()
+    moe: MoE | None = None
+    mla: MLA | None = None
 
     def __post_init__(self) -> None:
         for field in ("d_model", "n_heads", "d_ff", "n_layers"):
@@ -80,9 +130,18 @@ class ModelSpec:
         attn = f"GQA {self.n_heads}/{self.kv_heads}" if self.kv_heads != self.n_heads else "MHA"
         if self.kv_heads == 1 and self.n_heads > 1:
             attn = f"MQA {self.n_heads}/1"
-        fused = [name for name, _, _ in self.projections if name in ("qkv_proj", "gate_up_proj")]
+        fused = [p.name for p in self.projections if p.name in ("qkv_proj", "gate_up_proj")]
         if fused:
             attn += ", fused " + " and ".join(fused)
+        if self.mla:
+            attn = f"MLA {self.n_heads} heads ({self.mla.form}, latent {self.mla.kv_lora_rank}+{self.mla.qk_rope_head_dim})"
+        if self.moe:
+            shared = sum(p.kind == SHARED_EXPERT for p in self.moe.always)
+            ffn = (
+                f"MoE {self.moe.top_k}/{self.moe.experts} experts"
+                + (" + shared" if shared else "")
+                + f" in {sum(self.moe.layers)}/{self.n_layers} layers"
+            )
         windowed = {w: n for w, n in self.window_groups.items() if w}
         if windowed:
             attn += ", " + ", ".join(f"{n}/{self.n_layers} layers window {w}" for w, n in windowed.items())

@@ -23,6 +23,7 @@ class LayerResult:
         return {
             "name": g.name,
             "part": g.part,
+            "kind": g.kind,
             "M": g.m,
             "N": g.n,
             "K": g.k,
@@ -118,6 +119,19 @@ class Split:
             costs[part] = costs[part].plus(layer.cost, layer.gemm.count)
         object.__setattr__(self, "totals", totals)
         object.__setattr__(self, "costs", costs)
+
+    def by_kind(self) -> dict[str, dict[str, float]]:
+        """Cycles, DRAM bytes, time and energy per kind of product (attention projection, FFN, expert, router,
+        shared expert, attention), x count: the experts' share apart from the other projections."""
+        out: dict[str, dict[str, float]] = {}
+        for layer in self.layers:
+            g, c = layer.gemm, layer.cost
+            row = out.setdefault(g.kind, {"cycles": 0, "dram_bytes": 0.0, "time_s": 0.0, "energy_j": 0.0})
+            row["cycles"] += layer.counters.cycles * g.count
+            row["dram_bytes"] += c.dram_bytes * g.count
+            row["time_s"] += c.time_s * g.count
+            row["energy_j"] += c.energy_j * g.count
+        return out
 
     def _share(self, attr: str) -> float:
         free, mm = getattr(self.costs[MATMUL_FREE], attr), getattr(self.costs[MATMUL], attr)
@@ -225,6 +239,7 @@ class Split:
                 "time": self.frac_time,
                 "energy": self.frac_energy,
             },
+            "by_kind": self.by_kind(),
             "latency_s": self.latency_s,
             "tokens_per_s": self.tokens_per_s,
             "energy_j": self.energy_j,

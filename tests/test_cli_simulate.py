@@ -16,6 +16,7 @@ CONFIGS = CONFIG_DIR  # the HF configs shipped with the package
 LAYER_KEYS = {
     "name",
     "part",
+    "kind",
     "M",
     "N",
     "K",

@@ -66,6 +66,7 @@ def amdahl(
     cost: CostArgs,
     bits_config: str | None,
     quantized: str | None,
+    mla: str,
     cache_dir: Path | None,
     as_json: bool,
     plot: Path | None,
@@ -102,7 +103,7 @@ def amdahl(
         check_output(plot)
     if not (model_names or quantized):
         raise UserError("give --model NAME[,NAME...] (or --quantized DIR)")
-    models = resolve_with_bits(model_names, bits_config, quantized, many=True)
+    models = resolve_with_bits(model_names, bits_config, quantized, many=True, mla=mla)
     (pricing,) = cost.pricings()
     per_layer = bool(bits_config or quantized)
     metric = metric or ("cycles" if pricing.precision == Precision() and not per_layer else "time")

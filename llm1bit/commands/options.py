@@ -208,6 +208,15 @@ def cost_options(
 
 
 def layer_bits_options(f: Callable) -> Callable:
+    """--bits-config / --quantized (per-layer widths) and --mla (how latent attention is computed)."""
+    f = click.option(
+        "--mla",
+        type=click.Choice(["absorbed", "expanded"]),
+        default="absorbed",
+        show_default=True,
+        help="DeepSeek latent attention: kv_b_proj absorbed (attention over the latent cache) or expanded "
+        "(K / V re-expanded and cached per head, as transformers computes it).",
+    )(f)
     f = click.option(
         "--quantized",
         "quantized",
@@ -223,9 +232,22 @@ def layer_bits_options(f: Callable) -> Callable:
 
 
 def resolve_with_bits(
-    model_names: str | None, bits_config: str | None, quantized: str | None, many: bool = False
+    model_names: str | None,
+    bits_config: str | None,
+    quantized: str | None,
+    many: bool = False,
+    mla: str = "absorbed",
 ):
-    """The models of --model / --models, or of --quantized (comma-separated folders), with their per-layer bits."""
+    """The models of --model / --models, or of --quantized (comma-separated folders), with their per-layer bits
+    and the latent-attention form."""
+    return [_with_mla(m, mla) for m in _resolve(model_names, bits_config, quantized, many)]
+
+
+def _with_mla(model, form: str):
+    return dataclasses.replace(model, mla=dataclasses.replace(model.mla, form=form)) if model.mla else model
+
+
+def _resolve(model_names: str | None, bits_config: str | None, quantized: str | None, many: bool):
     from llm1bit.layer_bits import load_quantized_model, with_bits_config
     from llm1bit.models import resolve_models
 

@@ -62,6 +62,7 @@ def simulate(
     cost: CostArgs,
     bits_config: str | None,
     quantized: str | None,
+    mla: str,
     cache_dir: Path | None,
     as_json: bool,
 ) -> None:
@@ -80,7 +81,7 @@ def simulate(
 
     (pricing,) = cost.pricings()
     hw = load_hardware(hw_spec, dataflow).with_clock(cost.freq_mhz, cost.dram_gbps)
-    (model,) = resolve_with_bits(model_name, bits_config, quantized)
+    (model,) = resolve_with_bits(model_name, bits_config, quantized, mla=mla)
     point = Point(model, hw, seq_len, phase, batch, pricing)
     warn_beyond_context([point])
     with simulator_progress(f"SCALE-Sim runs for {point.model.name}") as progress:

@@ -68,6 +68,7 @@ def sweep(
     cost: CostArgs,
     bits_config: str | None,
     quantized: str | None,
+    mla: str,
     cache_dir: Path | None,
     output: Path,
 ) -> None:
@@ -86,7 +87,7 @@ def sweep(
     from llm1bit.hardware import DATAFLOWS, load_hardware_list
     from llm1bit.sweep import points, run_points, to_csv, uncovered_points
 
-    models = resolve_with_bits(model_names, bits_config, quantized, many=True)
+    models = resolve_with_bits(model_names, bits_config, quantized, many=True, mla=mla)
     hardware = [
         hw.with_clock(cost.freq_mhz, cost.dram_gbps) for hw in load_hardware_list(parse_name_list(hw_specs))
     ]
