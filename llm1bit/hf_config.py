@@ -33,6 +33,27 @@ SUPPORTED_MODEL_TYPES = (
     "deepseek_v2",
     "deepseek_v3",
 )
+# Defaults of GemmaConfig, Gemma2Config and Gemma3TextConfig (transformers 5) for fields Hub configs omit.
+GEMMA_DEFAULTS = {
+    "gemma": {
+        "num_attention_heads": 16,
+        "num_key_value_heads": 16,
+        "head_dim": 256,
+        "max_position_embeddings": 8192,
+    },
+    "gemma2": {
+        "num_attention_heads": 8,
+        "num_key_value_heads": 4,
+        "head_dim": 256,
+        "max_position_embeddings": 8192,
+    },
+    "gemma3_text": {
+        "num_attention_heads": 8,
+        "num_key_value_heads": 4,
+        "head_dim": 256,
+        "max_position_embeddings": 131072,
+    },
+}
 # transformers' attention-type names in `layer_types`; any other type is refused, never guessed.
 LAYER_TYPES = {"full_attention": False, "sliding_attention": True}
 # MistralConfig, Qwen2/Qwen3Config and Gemma2/Gemma3TextConfig default `sliding_window` to 4096.
@@ -200,7 +221,13 @@ def spec_from_hf_config(cfg: dict, path: Path, name: str | None = None) -> Model
     common = {
         "name": name,
         "source": str(path.resolve()),
-        "max_positions": _get_int(cfg, path, "max_position_embeddings", "n_positions", default=0),
+        "max_positions": _get_int(
+            cfg,
+            path,
+            "max_position_embeddings",
+            "n_positions",
+            default=GEMMA_DEFAULTS.get(model_type, {}).get("max_position_embeddings", 0),
+        ),
     }
     if model_type == "gpt2":
         d = _get_int(cfg, path, "n_embd", "hidden_size")
@@ -225,11 +252,14 @@ def spec_from_hf_config(cfg: dict, path: Path, name: str | None = None) -> Model
         return _fused_qkv_family(cfg, path, model_type, common)
     if model_type in ("deepseek_v2", "deepseek_v3"):
         return _deepseek(cfg, path, model_type, common)
-    heads = _get_int(cfg, path, "num_attention_heads")
+    # Gemma configs on the Hub omit fields their config class fills in (Gemma-3-4B's text_config gives no
+    # head counts): those dataclass defaults are what transformers builds, so they are ours too.
+    gemma = GEMMA_DEFAULTS.get(model_type, {})
+    heads = _get_int(cfg, path, "num_attention_heads", default=gemma.get("num_attention_heads"))
     d_model = _get_int(cfg, path, "hidden_size")
-    kv_heads = _get_int(cfg, path, "num_key_value_heads", default=heads)
-    if model_type.startswith("gemma"):
-        head_dim = _get_int(cfg, path, "head_dim", default=256)  # Gemma*Config default head_dim = 256
+    kv_heads = _get_int(cfg, path, "num_key_value_heads", default=gemma.get("num_key_value_heads", heads))
+    if gemma:
+        head_dim = _get_int(cfg, path, "head_dim", default=gemma["head_dim"])
     else:
         head_dim = _get_int(cfg, path, "head_dim") if cfg.get("head_dim") is not None else 0
     d_ff = _get_int(cfg, path, "intermediate_size")
