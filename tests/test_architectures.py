@@ -201,3 +201,27 @@ def test_unsupported_type_names_its_text_config(tmp_path):
     path.write_text(json.dumps({"model_type": "mamba"}))
     with pytest.raises(UserError, match="unsupported model_type 'mamba'"):
         load_hf_config(path)
+
+
+def test_fig13_moe_panel(tmp_path):
+    import csv
+
+    from llm1bit.figures.common import Settings
+    from llm1bit.figures.moe import moe_points
+    from llm1bit.sweep import run_points
+
+    res = CliRunner().invoke(main, ["figures", "--only", "fig13", "--out", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader((tmp_path / "fig13-moe.csv").open()))
+    assert len(rows) == 5 * 2 * 2
+    pts = moe_points(Settings())
+    splits = {(p.model.name, p.hw.name, p.batch): s for p, s in zip(pts, run_points(pts, "analytic"))}
+    for r in rows:
+        split = splits[(r["model"], r["hw"], int(r["batch"]))]
+        assert float(r["frac_cycles"]) == split.frac_cycles and float(r["frac_time"]) == split.frac_time
+        shares = [float(v) for k, v in r.items() if k.startswith("cycles_share_")]
+        assert sum(shares) == pytest.approx(1.0)
+        moe = "MoE" in r["architecture"]
+        assert (float(r["cycles_share_expert"]) > 0.3) == moe and (float(r["cycles_share_ffn"]) > 0.3) == (
+            not moe
+        )

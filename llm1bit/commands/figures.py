@@ -179,6 +179,8 @@ def figures(
                 names, settings, out, cache=cache, jobs=jobs, sim_progress=sim_progress, on_drawn=on_drawn
             )
     for name, paths in drawn:
-        stem = paths[0].with_suffix("")
-        exts = ",".join(p.suffix.lstrip(".") for p in paths)
-        click.echo(f"{name}: {stem}.{{{exts}}}", err=True)
+        stems: dict[Path, list[str]] = {}
+        for path in paths:
+            stems.setdefault(path.with_suffix(""), []).append(path.suffix.lstrip("."))
+        for stem, exts in stems.items():
+            click.echo(f"{name}: {stem}.{{{','.join(exts)}}}", err=True)

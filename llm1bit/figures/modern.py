@@ -177,11 +177,24 @@ def draw_modern(settings: Settings, results: Results, out: Path) -> list[Path]:
     return write_outputs(fig, out, stem, csv_text, title.replace("\n", " "), meta)
 
 
+def fig13_points(settings: Settings) -> list[Point]:
+    from llm1bit.figures.moe import moe_points
+
+    return modern_points(settings) + moe_points(settings)
+
+
+def draw_fig13(settings: Settings, results: Results, out: Path) -> list[Path]:
+    """Both panels: the true architectures vs the paper's shapes, and MoE / today's dense models (moe.py)."""
+    from llm1bit.figures.moe import draw_moe
+
+    return draw_modern(settings, results, out) + draw_moe(settings, results, out)
+
+
 FIGURES = (
     FigureSpec(
         name="fig13",
-        summary="today's models (HF configs) vs the paper's shapes: F and 1/(1-F), cloud and edge",
-        points=modern_points,
-        draw=draw_modern,
+        summary="today's models vs the paper's shapes (F, 1/(1-F)); MoE and dense models at batch 1 and 16",
+        points=fig13_points,
+        draw=draw_fig13,
     ),
 )
