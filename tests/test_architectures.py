@@ -222,6 +222,4 @@ def test_fig13_moe_panel(tmp_path):
         shares = [float(v) for k, v in r.items() if k.startswith("cycles_share_")]
         assert sum(shares) == pytest.approx(1.0)
         moe = "MoE" in r["architecture"]
-        assert (float(r["cycles_share_expert"]) > 0.3) == moe and (float(r["cycles_share_ffn"]) > 0.3) == (
-            not moe
-        )
+        assert (float(r["cycles_share_expert"]) > 0) == moe and (float(r["cycles_share_router"]) > 0) == moe
