@@ -84,9 +84,10 @@ class TreeRss:
 
 def bench_weight_widths(hw, paper) -> None:
     """The analytic sweep over 7 weight widths: in-process (median of REPEATS) and as a whole process."""
-    from llm1bit.commands.options import make_pricings
+    from llm1bit.costs import Pricing
+    from llm1bit.precision import Precision
 
-    pricings = make_pricings(WEIGHT_BITS, "16", "16", None, None, "lut")
+    pricings = [Pricing(Precision.build(float(b))) for b in WEIGHT_BITS.split(",")]
     pts = points(paper, hw, LENGTHS, [None], pricings=pricings)
     times = []
     for _ in range(REPEATS):
