@@ -134,24 +134,15 @@ def _windows(cfg: dict, path: Path, model_type: str, n_layers: int) -> tuple[int
         if any(sliding) and window is None:
             raise UserError(f"malformed config {path}: sliding layers but use_sliding_window is false")
         return tuple(window if x else 0 for x in sliding) if any(sliding) else ()
-    if model_type in ("qwen3_moe", "mixtral"):
-        # Qwen3MoeModel: sliding_window on every layer when use_sliding_window; MixtralModel: on every layer
-        # when sliding_window is set (MixtralConfig default None)
-        on = _get_bool(cfg, path, "use_sliding_window", False) if model_type == "qwen3_moe" else True
-        window = (
-            (_optional_window(cfg, path) if model_type == "qwen3_moe" else cfg.get("sliding_window"))
-            if on
-            else None
-        )
-        if window is not None and model_type == "mixtral":
-            window = _optional_window(cfg, path)
-        return (window,) * n_layers if window else ()
-    if model_type in ("mistral", "phi3"):
-        # MistralModel masks every layer with `sliding_window` (it ignores layer_types); so does Phi3Model,
-        # whose Phi3Config defaults sliding_window to None (Mistral's to 4096).
-        window = _optional_window(cfg, path) if model_type == "mistral" else cfg.get("sliding_window")
-        if model_type == "phi3" and window is not None:
-            window = _optional_window(cfg, path)
+    if model_type in ("mistral", "phi3", "mixtral", "qwen3_moe"):
+        # Every layer masked with `sliding_window` when it is set: MistralModel (it ignores layer_types;
+        # MistralConfig defaults the window to 4096), Phi3Model and MixtralModel (their configs default it to
+        # None), Qwen3MoeModel (only with use_sliding_window).
+        if model_type == "qwen3_moe":
+            on = _get_bool(cfg, path, "use_sliding_window", False)
+        else:
+            on = model_type == "mistral" or cfg.get("sliding_window") is not None
+        window = _optional_window(cfg, path) if on else None
         return (window,) * n_layers if window else ()
     if model_type in ("qwen2", "qwen3"):
         # Qwen2/Qwen3Config: the window applies only with use_sliding_window; then layer_types,
