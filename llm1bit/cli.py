@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "quantize": "llm1bit.commands.quantize:quantize",
     "eval": "llm1bit.commands.evaluate:evaluate",
     "bits": "llm1bit.commands.bits:bits",
+    "explore": "llm1bit.commands.explore:explore",
     "cache": "llm1bit.commands.cache:cache",
 }
 

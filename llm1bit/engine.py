@@ -12,7 +12,7 @@ import multiprocessing
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 from llm1bit.cache import ResultCache
@@ -21,6 +21,7 @@ from llm1bit.errors import Interrupted, UserError, unknown_choice, warn
 from llm1bit.hardware import Hardware
 
 BACKENDS = ("scalesim", "analytic")
+EXECUTORS = ("local", "ray")
 Shape = tuple[int, int, int]
 Pair = tuple[Shape, Hardware]
 # progress(done, total) after each finished real simulator run
@@ -57,11 +58,12 @@ def _worker_init() -> None:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
 
 
-def piece_key(shape: Shape, hw: Hardware) -> str:
+def piece_key(shape: Shape, fingerprint: str) -> str:
+    """The store key of one real SCALE-Sim run: its shape, the hardware fingerprint, the simulator version."""
     from llm1bit.backends.scalesim_runner import SCALESIM_VERSION
 
     return ResultCache.key(
-        backend="scalesim", m=shape[0], n=shape[1], k=shape[2], hw=hw.fingerprint(), scalesim=SCALESIM_VERSION
+        backend="scalesim", m=shape[0], n=shape[1], k=shape[2], hw=fingerprint, scalesim=SCALESIM_VERSION
     )
 
 
@@ -77,6 +79,7 @@ def evaluate(
     progress: Progress | None = None,
     temporal_unit: int | None = None,
     report: RunReport | None = None,
+    executor: Executor | None = None,
 ) -> dict[Pair, Counters]:
     """Counters of every distinct (shape, hardware) pair."""
     if backend not in BACKENDS:
@@ -101,14 +104,18 @@ def evaluate(
         composed.check_exact(*shape, hw)
         plans[(shape, hw)] = composed.plan(*shape, hw, unit)
 
-    # Runs are keyed by hardware fingerprint: two names for one configuration share their runs.
-    needed = list(dict.fromkeys((piece.shape, hw) for (_, hw), pl in plans.items() for piece in pl))
-    keys = {pair: piece_key(*pair) for pair in needed}
+    # Runs are keyed by what decides them (shape, hardware fingerprint, simulator version): designs that differ
+    # only in name, clock or bandwidth share their runs, each simulated once.
+    fingerprints: dict[Hardware, str] = {}
+    keys: dict[Pair, str] = {}
+    for (_, hw), piece_list in plans.items():
+        fp = fingerprints.setdefault(hw, hw.fingerprint())
+        for piece in piece_list:
+            keys.setdefault((piece.shape, hw), piece_key(piece.shape, fp))
+    runs = {key: pair for pair, key in reversed(keys.items())}  # key -> one pair that needs it (the first)
     rejected_before = cache.rejected
-    hits = cache.get_many(keys.values())
-    pieces: dict[Pair, Counters] = {
-        pair: Counters.from_dict(hits[key]) for pair, key in keys.items() if key in hits
-    }
+    hits = cache.get_many(runs)
+    pieces: dict[str, Counters] = {key: Counters.from_dict(value) for key, value in hits.items()}
     report.stored += len(pieces)
     report.rejected += cache.rejected - rejected_before
     if cache.rejected > rejected_before:
@@ -116,14 +123,16 @@ def evaluate(
             f"{cache.rejected - rejected_before} stored results in {cache.path} failed verification; "
             "they were discarded and are recomputed"
         )
-    missing = [pair for pair in needed if pair not in pieces]
-    _run_missing(missing, pieces, cache, keys, jobs or default_jobs(), progress, report)
+    missing = [pair for key, pair in runs.items() if key not in pieces]
+    _run_missing(
+        missing, pieces, cache, keys, jobs or default_jobs(), progress, report, executor or Executor()
+    )
 
     out = {}
     for pair, piece_list in plans.items():
         total = Counters()
         for piece in piece_list:
-            total = total + pieces[(piece.shape, pair[1])] * piece.weight
+            total = total + pieces[keys[(piece.shape, pair[1])]] * piece.weight
         if total.is_negative():
             raise UserError(
                 f"GEMM M={pair[0][0]} N={pair[0][1]} K={pair[0][2]} on {pair[1].name}: the composed counters are "
@@ -135,12 +144,13 @@ def evaluate(
 
 def _run_missing(
     missing: list[Pair],
-    pieces: dict[Pair, Counters],
+    pieces: dict[str, Counters],
     cache: ResultCache,
     keys: dict[Pair, str],
     jobs: int,
     progress: Progress | None,
     report: RunReport,
+    executor: Executor,
 ) -> None:
     """Run the pieces not in the store, largest first, storing each result as soon as it is done."""
     missing = sorted(missing, key=lambda p: p[0][0] * p[0][1] * p[0][2], reverse=True)
@@ -151,7 +161,7 @@ def _run_missing(
     from llm1bit.backends.scalesim_runner import SCALESIM_VERSION
 
     def record(pair: Pair, counters: Counters) -> None:
-        pieces[pair] = counters
+        pieces[keys[pair]] = counters
         cache.put(
             keys[pair],
             counters.to_dict(),
@@ -166,26 +176,83 @@ def _run_missing(
         if progress:
             progress(report.simulated, total)
 
-    pool = None
+    results = (
+        _serial(missing)
+        if executor.kind == "local" and (jobs <= 1 or total <= 1)
+        else _pool(missing, min(jobs, total))
+        if executor.kind == "local"
+        else _ray(missing, executor)
+    )
     try:
-        if jobs <= 1 or total <= 1:
-            for pair in missing:
-                record(pair, _run_piece(*pair))
-            return
-        pool = multiprocessing.Pool(min(jobs, total), initializer=_worker_init)
-        for pair, counters in pool.imap_unordered(_run_pair, missing):
+        for pair, counters in results:
             record(pair, counters)
-        pool.close()
-        pool.join()
     except KeyboardInterrupt:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
+        results.close()  # stops the workers (pool terminated / Ray tasks cancelled) before the message
         where = f" in the store {cache.path}" if cache.path else " (no store: --cache-dir is off)"
         raise Interrupted(
             f"interrupted: kept {report.simulated} of {total} SCALE-Sim runs finished by this run{where}; "
             "run the same command again to resume without recomputing them"
         ) from None
     finally:
-        if pool is not None:
-            pool.terminate()
+        results.close()
+
+
+def _serial(missing: list[Pair]) -> Iterator[tuple[Pair, Counters]]:
+    for pair in missing:
+        yield pair, _run_piece(*pair)
+
+
+def _pool(missing: list[Pair], processes: int) -> Iterator[tuple[Pair, Counters]]:
+    """A local process pool; closing the generator (done, Ctrl-C, error) terminates its workers at once."""
+    pool = multiprocessing.Pool(processes, initializer=_worker_init)
+    try:
+        yield from pool.imap_unordered(_run_pair, missing)
+        pool.close()
+        pool.join()
+    finally:
+        pool.terminate()
+        pool.join()
+
+
+def _ray(missing: list[Pair], executor: Executor) -> Iterator[tuple[Pair, Counters]]:
+    """Ray tasks, one per run, results back to this driver (which verifies and stores them): the existing
+    cluster at `address`, else a local Ray runtime on loopback with `jobs` CPUs. Closing cancels what is left."""
+    try:
+        import ray
+    except ModuleNotFoundError:
+        raise UserError("--executor ray needs Ray: pip install 'llm1bit[ray]'") from None
+    if not ray.is_initialized():
+        options = {"address": executor.address} if executor.address else {
+            "num_cpus": executor.jobs, "_node_ip_address": "127.0.0.1", "include_dashboard": False,
+        }  # fmt: skip
+        try:
+            ray.init(**options, log_to_driver=False, logging_level="ERROR", configure_logging=False)
+        except (ConnectionError, RuntimeError, ValueError) as exc:
+            raise UserError(
+                f"cannot start or reach Ray at {executor.address or 'a local runtime'}: {exc}"
+            ) from None
+    task = ray.remote(num_cpus=1, max_retries=2)(_run_pair)
+    pending = {task.remote(pair): pair for pair in missing}
+    try:
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                del pending[ref]
+                yield ray.get(ref)
+    finally:
+        for ref in pending:
+            ray.cancel(ref, force=True)
+
+
+@dataclass(frozen=True)
+class Executor:
+    """Where the missing simulator runs execute: `local` (a process pool of `jobs`) or `ray` (tasks on the
+    cluster at `address`, or on a local Ray runtime with `jobs` CPUs). Results are identical either way."""
+
+    kind: str = "local"
+    jobs: int = 0
+    address: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in EXECUTORS:
+            raise unknown_choice("executor", self.kind, EXECUTORS)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from llm1bit.cache import ResultCache
 from llm1bit.costs import Pricing, price
-from llm1bit.engine import Progress, RunReport, evaluate
+from llm1bit.engine import Executor, Progress, RunReport, evaluate
 from llm1bit.errors import UserError
 from llm1bit.hardware import Hardware
 from llm1bit.models import ModelSpec
@@ -117,6 +117,7 @@ def run_points(
     progress: Progress | None = None,
     strict: bool = False,
     report: RunReport | None = None,
+    executor: Executor | None = None,
 ) -> list[Split]:
     """Simulate every point; distinct GEMMs are simulated once across the whole sweep.
 
@@ -130,7 +131,9 @@ def run_points(
     counters = {}
     for name in dict.fromkeys(backend_of.values()):
         wanted = [(g.shape, p.hw) for p in pts if backend_of[p] == name for g in workloads[p]]
-        counters[name] = evaluate(wanted, name, cache=cache, jobs=jobs, progress=progress, report=report)
+        counters[name] = evaluate(
+            wanted, name, cache=cache, jobs=jobs, progress=progress, report=report, executor=executor
+        )
     return [
         Split(
             model=p.model,

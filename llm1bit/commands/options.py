@@ -82,23 +82,34 @@ def warn_beyond_context(pts) -> None:
 
 
 @contextmanager
-def simulator_progress(description: str):
-    """A rich progress bar on stderr; yields a progress(done, total). Silent (no output at all) without a terminal."""
+def simulator_progress(description: str, rate: bool = False):
+    """A rich progress bar on stderr; yields a progress(done, total). Silent (no output at all) without a terminal.
+
+    With `rate`, it also shows simulator runs per second and the time remaining."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        ProgressColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+    from rich.text import Text
+
+    class RateColumn(ProgressColumn):
+        def render(self, task) -> Text:
+            return Text(f"{task.speed:.1f} runs/s" if task.speed else "")
 
     console = Console(stderr=True)
     if not console.is_terminal:
         yield None
         return
-    with Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=True,
-    ) as bar:
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    if rate:
+        columns += [RateColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+    with Progress(*columns, console=console, transient=True) as bar:
         task = bar.add_task(description, total=None)
 
         def update(done: int, total: int) -> None:
