@@ -2,10 +2,13 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-stamp
+# CI adds the optional extras its tests use: make test EXTRAS=quant,dev,ray,parquet
+EXTRAS ?= quant,dev
+comma  := ,
+STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 LLM1BIT := $(BIN)/llm1bit
 
-.PHONY: install test test-fast check-wheel demo lint topologies bench-sweep clean
+.PHONY: install test test-fast check-wheel check-explore demo lint topologies bench-sweep bench-explore clean
 
 install: $(STAMP)
 
@@ -13,12 +16,22 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[quant,dev]'
+	$(BIN)/pip install --quiet -e '.[$(EXTRAS)]'
 	touch $(STAMP)
 
 test: install
 	$(BIN)/pip check
 	$(BIN)/pytest -q
+
+# explore's small example with both executors (needs the ray extra); the two tables must be identical.
+check-explore: install
+	rm -rf .cache/check-explore && mkdir -p .cache/check-explore
+	$(LLM1BIT) explore examples/explore-small.toml --executor local --cache-dir .cache/check-explore/local -o .cache/check-explore/local.csv
+	$(LLM1BIT) explore examples/explore-small.toml --executor ray --jobs 2 --cache-dir .cache/check-explore/ray -o .cache/check-explore/ray.csv
+	cmp .cache/check-explore/local.csv .cache/check-explore/ray.csv && echo "explore: local and ray tables identical"
+
+bench-explore: install
+	$(BIN)/python scripts/bench_explore.py
 
 test-fast: install
 	$(BIN)/pytest -q -m 'not slow'

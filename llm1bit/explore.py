@@ -285,7 +285,7 @@ def write_table(path: Path, splits: list) -> None:
         import pyarrow.parquet as pq
     except ModuleNotFoundError:
         raise UserError(
-            "Parquet output needs pyarrow: pip install 'llm1bit[explore]' (or write a .csv)"
+            "Parquet output needs pyarrow: pip install 'llm1bit[parquet]' (or write a .csv)"
         ) from None
     rows = [csv_row(s) for s in splits]
     table = pa.table({c: [_number(r[c]) for r in rows] for c in CSV_COLUMNS})
