@@ -84,7 +84,7 @@ def explore(
     refs = [p for p in reference_points(space) if p not in set(pts)] if plot else []
     report = RunReport()
     start = time.perf_counter()
-    with simulator_progress(f"{len(pts)} points", rate=True) as progress:
+    with simulator_progress(f"{len(pts)} points", rate=True, points=len(pts)) as progress:
         splits = run_points(
             pts + refs,
             space.backend,

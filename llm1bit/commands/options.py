@@ -82,10 +82,11 @@ def warn_beyond_context(pts) -> None:
 
 
 @contextmanager
-def simulator_progress(description: str, rate: bool = False):
+def simulator_progress(description: str, rate: bool = False, points: int = 0):
     """A rich progress bar on stderr; yields a progress(done, total). Silent (no output at all) without a terminal.
 
-    With `rate`, it also shows simulator runs per second and the time remaining."""
+    With `rate`, it also shows simulator runs per second (and, given the number of `points` the runs serve,
+    the points per second they amount to) and the time remaining."""
     from rich.console import Console
     from rich.progress import (
         BarColumn,
@@ -100,7 +101,12 @@ def simulator_progress(description: str, rate: bool = False):
 
     class RateColumn(ProgressColumn):
         def render(self, task) -> Text:
-            return Text(f"{task.speed:.1f} runs/s" if task.speed else "")
+            if not task.speed:
+                return Text("")
+            per_point = (
+                f" ≈ {task.speed * points / task.total:,.0f} points/s" if points and task.total else ""
+            )
+            return Text(f"{task.speed:.1f} runs/s{per_point}")
 
     console = Console(stderr=True)
     if not console.is_terminal:
