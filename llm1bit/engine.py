@@ -2,9 +2,10 @@
 
 `analytic` evaluates the closed forms in-process (microseconds each, no store needed).
 `scalesim` plans each GEMM as a few small real SCALE-Sim runs (backends.scalesim), looks every
-run up in the verified result store, runs the missing ones in worker processes (largest first),
-stores each finished run at once and composes. Ctrl-C stops the workers at once (they ignore
-SIGINT and are terminated by the driver), keeps every run that finished and says how to resume."""
+run up in the verified result store (each store key once), runs the missing ones on an executor
+(a local process pool, or Ray tasks; largest first), stores each finished run at once in this driver
+and composes. Ctrl-C stops the workers at once (pool workers ignore SIGINT and are terminated; Ray
+tasks are cancelled), keeps every run that finished and says how to resume."""
 
 from __future__ import annotations
 
