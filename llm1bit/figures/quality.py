@@ -244,14 +244,14 @@ def draw_quality(settings: Settings, results: Results, out: Path) -> list[Path]:
     fig.legend(loc="outside right center", fontsize=8, title="method, bits", title_fontsize=8)
     title = (
         f"Fig. 16: perplexity ({ev.data}, {ev.windows} windows of {ev.seqlen}) against simulated decode speedup and "
-        f"energy saving, {name}, l = {settings.amdahl_len}, {settings.step} [{backend_note(settings, splits)}]"
+        f"energy saving\n{name}, l = {settings.amdahl_len}, {settings.step} [{backend_note(settings, splits)}]"
     )
     fig.suptitle(title, fontsize=10)
     stem = f"fig16-quality-vs-cost{settings.suffix}"
     meta = settings_text(
         settings, settings.backend, results=settings.results_dir, seq_len=settings.amdahl_len
     )
-    return write_outputs(fig, out, stem, rows_to_csv(rows, CSV_COLUMNS), title, meta)
+    return write_outputs(fig, out, stem, rows_to_csv(rows, CSV_COLUMNS), title.replace("\n", " "), meta)
 
 
 FIGURES = (
