@@ -9,6 +9,7 @@ tasks are cancelled), keeps every run that finished and says how to resume."""
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
 import signal
@@ -217,15 +218,19 @@ def _pool(missing: list[Pair], processes: int) -> Iterator[tuple[Pair, Counters]
 
 def _ray(missing: list[Pair], executor: Executor) -> Iterator[tuple[Pair, Counters]]:
     """Ray tasks, one per run, results back to this driver (which verifies and stores them): the existing
-    cluster at `address`, else a local Ray runtime on loopback with `jobs` CPUs. Closing cancels what is left."""
+    cluster at `address`, else a local Ray runtime on loopback with `jobs` CPUs. Closing early (Ctrl-C, an
+    error) shuts Ray down, which stops the tasks left (cancelling them one by one races their completion
+    and can abort Ray itself)."""
     try:
         import ray
     except ModuleNotFoundError:
         raise UserError("--executor ray needs Ray: pip install 'llm1bit[ray]'") from None
-    if not ray.is_initialized():
+    started = not ray.is_initialized()
+    if started:
         options = {"address": executor.address} if executor.address else {
             "num_cpus": executor.jobs, "_node_ip_address": "127.0.0.1", "include_dashboard": False,
         }  # fmt: skip
+        logging.getLogger("ray").setLevel(logging.ERROR)  # its start-up notices are not ours to print
         try:
             ray.init(**options, log_to_driver=False, logging_level="ERROR", configure_logging=False)
         except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -241,8 +246,8 @@ def _ray(missing: list[Pair], executor: Executor) -> Iterator[tuple[Pair, Counte
                 del pending[ref]
                 yield ray.get(ref)
     finally:
-        for ref in pending:
-            ray.cancel(ref, force=True)
+        if started:
+            ray.shutdown()
 
 
 @dataclass(frozen=True)
