@@ -131,10 +131,19 @@ def amdahl(
     if plot is not None:
         from llm1bit.figures.amdahl_curves import plot_amdahl_file
 
+        marks = []
+        if metric in ("time", "energy"):  # the derived point lies on the projection curve of its own metric
+            for split, _, derived, asked in results:
+                p = asked.pricing.precision
+                label = f"{p.weight_bits:g}-bit {p.weight_format} (derived)"
+                marks.append(
+                    (split.model.name, derived[f"s_partial_{metric}"], derived[f"s_total_{metric}"], label)
+                )
         plot_amdahl_file(
             plot,
             [(s.model.name, c) for s, c, _, _ in results],
             title=f"Amdahl's law, {hw_spec} {pts[0].hw.dataflow.upper()}, l = {seq_len}, {metric}",
+            derived=marks,
         )
 
     if as_json:

@@ -92,12 +92,22 @@ def add_legends(fig_or_ax, names: Sequence[str], loc: str = "outside right cente
     fig_or_ax.legend(handles=handles, loc=loc, fontsize=8, frameon=False)
 
 
-def plot_amdahl_file(path: str | Path, curves: Sequence[tuple[str, AmdahlCurve]], title: str) -> Path:
-    """`llm1bit amdahl --plot`: the curves of several models on one axes, written atomically (.png/.pdf/.svg)."""
+def plot_amdahl_file(
+    path: str | Path,
+    curves: Sequence[tuple[str, AmdahlCurve]],
+    title: str,
+    derived: Sequence[tuple[str, float, float, str]] = (),
+) -> Path:
+    """`llm1bit amdahl --plot`: the curves of several models on one axes, written atomically (.png/.pdf/.svg).
+
+    `derived` marks (model, S_partial, S_total, label) points simulated at narrower operands on the curves."""
     path = Path(path)
     fig = new_figure(8.5, 4.8)
     ax = fig.subplots()
     draw_curves(ax, curves, markers=len(curves[0][1].s_partial) < 12)
+    for name, s_partial, s_total, label in derived:
+        ax.plot(s_partial, s_total, "*", ms=13, color=model_color(name), markeredgecolor="black", zorder=4)
+        ax.annotate(label, (s_partial, s_total), xytext=(6, -12), textcoords="offset points", fontsize=8)
     ax.set_xlabel("S_partial: speedup of the improved part (×)")
     ax.set_ylabel("S_total: speedup of the whole model (×)")
     add_legends(fig, [n for n, _ in curves])
