@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llm1bit.errors import UserError
+from llm1bit.layer_bits import safetensors_sizes
 
 if TYPE_CHECKING:
     from torch import nn
@@ -162,6 +163,7 @@ def load_quantized(
     weights = path / WEIGHTS_NAME
     if not weights.is_file():
         raise UserError(f"{path} has no {WEIGHTS_NAME}")
+    safetensors_sizes(weights)  # a truncated file: one line naming it
     config = AutoConfig.from_pretrained(path)
     if hasattr(config, "quantization_config"):
         del config.quantization_config

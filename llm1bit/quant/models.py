@@ -13,6 +13,7 @@ import json
 import os
 import re
 import socket
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -137,6 +138,15 @@ def _quiet_transformers() -> None:
     logging.disable_progress_bar()
 
 
+def check_safetensors(folder: Path) -> None:
+    """Every *.safetensors file of a folder has a whole header and all its tensors' bytes: a half-finished
+    download is a one-line error naming the file, not a traceback from deep inside the loader."""
+    from llm1bit.layer_bits import safetensors_sizes
+
+    for file in sorted(folder.glob("*.safetensors")):
+        safetensors_sizes(file)
+
+
 def load_model(
     source: str | os.PathLike, dtype: str = "auto"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -155,6 +165,7 @@ def load_model(
             return load_quantized(path, with_tokenizer=True)
         if not (path / "config.json").is_file():
             raise UserError(f"model folder {path} has no config.json")
+        check_safetensors(path)
         try:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
             tokenizer = AutoTokenizer.from_pretrained(path)
@@ -186,8 +197,11 @@ def _load_gguf(path: Path) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
         raise UserError(
             f"loading {path.name} needs the gguf and accelerate packages: {_first_line(exc)}"
         ) from None
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise UserError(f"cannot load GGUF file {path}: {_first_line(exc)}") from None
+    except (OSError, ValueError, KeyError, RuntimeError, struct.error, EOFError, IndexError) as exc:
+        # a truncated file ends in struct.error / a short read deep inside the GGUF reader
+        raise UserError(
+            f"cannot load GGUF file {path} (truncated or not a GGUF file?): {_first_line(exc)}"
+        ) from None
     # The weights are dequantized already; drop the gguf marker so save_pretrained works.
     if getattr(model.config, "quantization_config", None) is not None:
         del model.config.quantization_config
