@@ -44,6 +44,12 @@ Examples:
 )
 @click.option("--apot-terms", type=int, default=3, show_default=True, help="Power-of-two terms per scale.")
 @click.option("--no-incoherence", is_flag=True, help="acc mode: skip the rescale + random rotations.")
+@click.option(
+    "--act-order/--no-act-order",
+    default=None,
+    help="Quantize columns by decreasing Hessian diagonal [default: on for shiftaddllm, off for gptq, as the "
+    "reference implementations; recorded as act_order in quantization_config].",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing non-empty output folder.")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Output folder.")
 def quantize(
@@ -61,6 +67,7 @@ def quantize(
     bcq_rounds: int,
     apot_terms: int,
     no_incoherence: bool,
+    act_order: bool | None,
     overwrite: bool,
     output: str,
 ) -> None:
@@ -81,6 +88,7 @@ def quantize(
         bcq_rounds=bcq_rounds,
         apot_terms=apot_terms,
         incoherence=not no_incoherence,
+        act_order=act_order,
         seed=seed,
     ).validate()
     layer_bits = read_bits_config(bits_config) if bits_config else None

@@ -62,6 +62,7 @@ def build_quantization_config(
         "bits": spec_dict["wbits"],
         "mode": spec_dict["mode"] if spec_dict["method"] == "shiftaddllm" else None,
         "groupsize": spec_dict["groupsize"],
+        "act_order": spec_dict.get("act_order"),
         "group_layout": group_layout,
         "seed": spec_dict["seed"],
         "tool": "llm1bit",

@@ -24,13 +24,17 @@ class QuantSpec:
     apot_terms: int = 3
     blocksize: int = 128  # GPTQ lazy-update column block
     percdamp: float = 0.01
-    act_order: bool = True
+    # GPTQ's column order by decreasing Hessian diagonal; None = the reference's default per method:
+    # on for shiftaddllm, off for gptq (the paper's OPTQ baseline), unused by rtn and bcq.
+    act_order: bool | None = None
     incoherence: bool = True  # acc only: QuIP-style rescale + random butterflies, seeded
     seed: int = 0
 
     def validate(self) -> QuantSpec:
         if self.method not in METHODS:
             raise unknown_choice("method", self.method, METHODS)
+        if self.act_order is None:
+            return dataclasses.replace(self, act_order=self.method == "shiftaddllm").validate()
         if self.mode not in MODES:
             raise unknown_choice("mode", self.mode, MODES)
         if not 1 <= self.wbits <= 8:
