@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from torch import nn
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: one byte per power-of-two scale term (packing.encode_terms)
 WEIGHTS_NAME = "model.safetensors"
 
 

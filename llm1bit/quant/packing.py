@@ -4,8 +4,11 @@ Tensors stored for a linear layer `NAME` (all beside `NAME.bias` when the layer 
 
 * binary codes (shiftaddllm, bcq), W[n, k] = sum_b scale[k // col_block, n // row_block, b] * code[b, n, k]:
   - `NAME.codes`        uint8 (q, N, ceil(K/8)): plane b, row n, bit t of byte j is 1 iff code[b, n, 8j+t] = +1
-  - `NAME.scale_signs`  int8 (ceil(K/col_block), ceil(N/row_block), q, terms): signs of the power-of-two terms
-  - `NAME.scale_exps`   int8, same shape: their exponents; scale = sum_t sign_t * 2**exp_t
+  - `NAME.scale_terms`  uint8 (ceil(K/col_block), ceil(N/row_block), q, terms): each power-of-two term of a
+                        scale in one byte (format version 2): 0 = no term; else bit 7 = sign (1: negative),
+                        bits 0-6 = exponent + TERM_BIAS, exponents TERM_EXP_MIN..TERM_EXP_MAX (-95..31);
+                        scale = sum_t sign_t * 2**exp_t. (Version 1 folders hold `NAME.scale_signs` and
+                        `NAME.scale_exps`, int8 each; they still load.)
   - `NAME.scales`       float32 (ceil(K/col_block), ceil(N/row_block), q): only for plain bcq (no power-of-two
                         terms), or if the terms do not rebuild the float32 scales bit for bit
 * uniform codes (rtn, gptq), W[n, k] = scale[n, k // groupsize] * (level[n, k] - zero[n, k // groupsize]):
@@ -47,6 +50,43 @@ def unpack_bits(packed: torch.Tensor, k: int) -> torch.Tensor:
     return bits.reshape(*packed.shape[:-1], -1)[..., :k].bool()
 
 
+# One byte per power-of-two term: code 0 is "no term", 1..127 are exponents -95..31 (plus the sign bit).
+TERM_BIAS = 96
+TERM_EXP_MIN, TERM_EXP_MAX = 1 - TERM_BIAS, 127 - TERM_BIAS
+
+
+def encode_terms(signs: torch.Tensor, exps: torch.Tensor) -> torch.Tensor:
+    """int8 signs {-1, 0, 1} and exponents -> one uint8 per term; an exponent outside -95..31 is an error."""
+    import torch
+
+    used = signs != 0
+    e = exps.to(torch.int16)
+    bad = used & ((e < TERM_EXP_MIN) | (e > TERM_EXP_MAX))
+    if bool(bad.any()):
+        from llm1bit.errors import UserError
+
+        raise UserError(
+            f"a power-of-two scale term 2**{int(e[bad][0])} is outside the packed range "
+            f"2**{TERM_EXP_MIN}..2**{TERM_EXP_MAX}; rescale the weights or keep float scales (method bcq)"
+        )
+    code = torch.where(used, e + TERM_BIAS, torch.zeros_like(e)) | torch.where(signs < 0, 128, 0).to(
+        torch.int16
+    )
+    return code.to(torch.uint8)
+
+
+def decode_terms(code: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 terms -> (int8 signs, int8 exponents), as the solver produced them (exponent 0 where no term)."""
+    import torch
+
+    c = code.to(torch.int16)
+    magnitude = c & 127
+    used = magnitude != 0
+    signs = torch.where(used, torch.where(c >= 128, -1, 1), 0).to(torch.int8)
+    exps = torch.where(used, magnitude - TERM_BIAS, 0).to(torch.int8)
+    return signs, exps
+
+
 def apot_scales(signs: torch.Tensor, exps: torch.Tensor) -> torch.Tensor:
     """float32 scales sum_t signs[..., t] * 2**exps[..., t], summed term by term in float32."""
     import torch
@@ -81,7 +121,7 @@ def pack(quantized: QuantizedWeight, bits: int) -> tuple[dict[str, torch.Tensor]
         if codes.scale_signs is not None and codes.scale_exps is not None:
             signs = codes.scale_signs.cpu().to(torch.int8)
             exps = codes.scale_exps.cpu().to(torch.int8)
-            tensors["scale_signs"], tensors["scale_exps"] = signs, exps
+            tensors["scale_terms"] = encode_terms(signs, exps)
             meta["format"] = "binary-pot"
             meta["apot_terms"] = int(signs.shape[-1])
             if not torch.equal(apot_scales(signs, exps), scales):
@@ -117,6 +157,8 @@ def unpack(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> QuantizedW
         plus = unpack_bits(tensors["codes"], k)
         codes_pm = torch.where(plus, 1, -1).to(torch.int8)
         signs, exps = tensors.get("scale_signs"), tensors.get("scale_exps")
+        if "scale_terms" in tensors:  # format version 2: one byte per term
+            signs, exps = decode_terms(tensors["scale_terms"])
         scales = tensors.get("scales")
         if scales is None:
             scales = apot_scales(signs, exps)

@@ -68,7 +68,7 @@ def test_pack_unpack_codes_exact() -> None:
         codes, apot_scales(signs, exps), col_block=1, row_block=10, scale_signs=signs, scale_exps=exps
     )
     tensors, meta = pack(QuantizedWeight(binary), bits=2)
-    assert set(tensors) == {"codes", "scale_signs", "scale_exps"}  # exact terms: no float scales stored
+    assert set(tensors) == {"codes", "scale_terms"}  # exact terms, one byte each: no float scales stored
     assert torch.equal(unpack(tensors, meta).dequantize(), binary.dequantize())
 
     level = torch.randint(0, 8, (6, 20), generator=gen, dtype=torch.uint8)
@@ -108,8 +108,8 @@ def test_stories_round_trip(tmp_path: Path, tokens: torch.Tensor, spec: QuantSpe
         name = "model.layers.0.mlp.down_proj"
         if spec.method == "shiftaddllm":
             assert f.get_tensor(f"{name}.codes").dtype == torch.uint8
-            assert f.get_tensor(f"{name}.scale_exps").dtype == torch.int8
-            assert f.get_tensor(f"{name}.scale_signs").dtype == torch.int8
+            terms = f.get_tensor(f"{name}.scale_terms")  # one byte per power-of-two term
+            assert terms.dtype == torch.uint8 and terms.shape[-1] == spec.apot_terms
         if spec.method == "gptq":
             assert f.get_tensor(f"{name}.qweight").shape == (3, 64, 22)  # 3 planes, N=64, ceil(172/8)
     assert "model.embed_tokens.weight" in keys and "lm_head.weight" not in keys  # tied, stored once
@@ -165,3 +165,17 @@ def test_load_quantized_refuses_plain_folder() -> None:
 
     with pytest.raises(UserError, match="not an llm1bit"):
         load_quantized(STORIES)
+
+
+def test_scale_terms_take_one_byte_each_and_round_trip():
+    from llm1bit.errors import UserError
+    from llm1bit.quant.packing import TERM_EXP_MAX, TERM_EXP_MIN, decode_terms, encode_terms
+
+    signs = torch.tensor([[1, -1, 0], [-1, 1, 1]], dtype=torch.int8)
+    exps = torch.tensor([[TERM_EXP_MIN, TERM_EXP_MAX, 0], [-7, 0, -30]], dtype=torch.int8)
+    code = encode_terms(signs, exps)
+    assert code.dtype == torch.uint8 and code.element_size() == 1 and int(code[0, 2]) == 0
+    back_signs, back_exps = decode_terms(code)
+    assert torch.equal(back_signs, signs) and torch.equal(back_exps, exps)
+    with pytest.raises(UserError, match=r"2\*\*-100 is outside the packed range 2\*\*-95..2\*\*31"):
+        encode_terms(torch.tensor([1], dtype=torch.int8), torch.tensor([-100], dtype=torch.int8))
