@@ -128,6 +128,50 @@ def save_quantized(
     return qconfig
 
 
+def _stored_shape(codes) -> tuple[int, int]:
+    """[out, in] the stored codes describe, after checking that their scales fit them (no dequantizing)."""
+    from llm1bit.quant.result import BinaryCodes
+
+    if isinstance(codes, BinaryCodes):
+        q, n, k = codes.codes.shape
+        want = (-(-k // codes.col_block), -(-n // codes.row_block), q)
+        if tuple(codes.scales.shape) != want:
+            raise ValueError(
+                f"scales of shape {list(codes.scales.shape)} for codes {[q, n, k]}: expected {list(want)}"
+            )
+        return n, k
+    n, k = codes.qweight.shape
+    want = (n, -(-k // codes.groupsize))
+    if tuple(codes.scale.shape) != want or tuple(codes.zero.shape) != want:
+        raise ValueError(
+            f"scale / zero of shape {list(codes.scale.shape)} for levels {[n, k]}: expected {list(want)}"
+        )
+    return n, k
+
+
+def _unpack_checked(weights: Path, name: str, own: dict, meta: dict, linear_shape: tuple[int, int]):
+    """Unpack one module's tensors, refusing (one line naming the file and module) any that do not match
+    its quantization_config entry or the layer they replace."""
+    from llm1bit.quant.packing import unpack
+
+    what = f"{weights}: the packed tensors of {name} do not match its quantization_config"
+    if not own:
+        raise UserError(f"{weights}: no packed tensors for {name}, which quantization_config lists")
+    try:
+        shape = tuple(meta["shape"])
+        quantized = unpack(own, meta)
+        dense = _stored_shape(quantized.codes)
+    except (KeyError, ValueError, RuntimeError, TypeError, IndexError) as exc:
+        raise UserError(
+            f"{what} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else exc})"
+        ) from None
+    if tuple(dense) != shape or shape != linear_shape:
+        raise UserError(
+            f"{what}: they give {list(dense)}, the config says {list(shape)}, the layer is {list(linear_shape)}"
+        )
+    return quantized
+
+
 def read_quantization_config(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     try:
@@ -152,7 +196,6 @@ def load_quantized(
 
     from llm1bit.quant.linear import QuantLinear
     from llm1bit.quant.models import _quiet_transformers
-    from llm1bit.quant.packing import unpack
 
     _quiet_transformers()
     path = Path(path)
@@ -180,13 +223,17 @@ def load_quantized(
             if key.startswith(prefix) and key != f"{prefix}bias"
         }
         bias = tensors.get(f"{prefix}bias")  # stays in `tensors` for load_state_dict
-        quantized = unpack(own, meta)
         parent_name, _, child = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        if not isinstance(getattr(parent, child, None), torch.nn.Linear):
+        try:
+            parent = model.get_submodule(parent_name)
+        except AttributeError:
+            parent = None
+        linear = getattr(parent, child, None)
+        if not isinstance(linear, torch.nn.Linear):
             raise UserError(
                 f"{path}: quantized module {name} is not a linear layer of {type(model).__name__}"
             )
+        quantized = _unpack_checked(weights, name, own, meta, (linear.out_features, linear.in_features))
         setattr(parent, child, QuantLinear(quantized, bias, dtype=dtype, bits=int(meta["bits"])))
 
     result = model.load_state_dict(tensors, strict=False)
