@@ -159,8 +159,8 @@ def result_json(result: BitsResult, budget: float | None, settings: dict) -> dic
         )
     out["settings"] = settings
     out["error"] = (
-        "measured_errors: reparameterization error, QuantizedWeight.error of quantize_weight (the solver's "
-        "summed GPTQ loss sum (w-q)^2/d^2/2) with Hessians of the unquantized model; predicted_errors: the "
+        "measured_errors: reparameterization error, QuantizedWeight.error of quantize_weight (1/2 tr(E H E^T), "
+        "E = W - Q in the original basis) with Hessians of the unquantized model; predicted_errors: the "
         "per-width fit of it on the criterion; output_errors: relative decoder-layer output error "
         "sum_t ||y_t' - y_t||^2 / ||y_t||^2 per window; gain: geometric mean of output_errors / "
         "measured_errors; costs = predicted_errors x gain; objective = sum of the allocation's costs"

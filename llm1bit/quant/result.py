@@ -72,7 +72,7 @@ class QuantizedWeight:
     codes: BinaryCodes | UniformCodes
     incoherence: Incoherence | None = None
     error: float = (
-        0.0  # the solver's summed GPTQ loss sum (w - q)^2 / d^2 / 2 (0 for methods without a solver)
+        0.0  # 1/2 tr(E H E^T), E = W - Q in the original basis, H the calibration Hessian (0 without one)
     )
 
     def dequantize(self) -> torch.Tensor:

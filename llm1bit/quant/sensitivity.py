@@ -12,8 +12,8 @@ so the ranking is that of the reference (which does not divide).
 `measure_layers` computes the criterion of every linear and, for the layers asked for, at each
 candidate width:
 - the true reparameterization error (what the paper's criterion predicts and its Kendall tau is
-  measured against): `QuantizedWeight.error` of `quantize_weight`, the solver's summed GPTQ loss
-  sum (w - q)^2 / d^2 / 2, an estimate of 1/2 tr((W - Q) H (W - Q)^T) in the layer's own output units;
+  measured against): `QuantizedWeight.error` of `quantize_weight`, 1/2 tr((W - Q) H (W - Q)^T) in the
+  layer's own output units (original basis, calibration Hessian; the same for every method and mode);
 - the relative decoder-output error (`output_error`): what that quantized weight does to the residual
   stream, in units shared by all sublayers and blocks. The reparameterization error of a q_proj and of
   a down_proj are not comparable (on SmolLM2-135M its Kendall tau with the perplexity cost of the layer
@@ -177,7 +177,7 @@ def output_error(block: BlockInfo, sublayer: str, weight: torch.Tensor, windows:
 
 def quantize_layer(weight, hessian, spec: QuantSpec):
     """quantize_weight of `weight` with `spec` (H passed as float32, as the pipeline does): its QuantizedWeight,
-    whose .error is the solver's summed GPTQ loss."""
+    whose .error is 1/2 tr(E H E^T) in the layer's own units."""
     import torch
 
     from llm1bit.quant.solver import quantize_weight

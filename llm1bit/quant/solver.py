@@ -306,6 +306,12 @@ def solve(weight, hessian, spec: QuantSpec):
         torch.set_num_threads(threads)
 
 
+def _original_basis(q, incoherence):
+    from llm1bit.quant.incoherence import undo_incoherence
+
+    return undo_incoherence(q, incoherence)
+
+
 def _solve(weight, hessian, spec: QuantSpec):
     import torch
 
@@ -359,8 +365,16 @@ def _solve(weight, hessian, spec: QuantSpec):
     else:
         row_block = n if spec.groupsize <= 0 else spec.groupsize
         quantizer = BCQColumns(n, k, q, row_block, spec.bcq_rounds, spec.apot_terms)
-    qt, loss = gptq_loop(wt, u, slabs, quantizer, spec.blocksize)
+    qt, _ = gptq_loop(wt, u, slabs, quantizer, spec.blocksize)
     codes = quantizer.result() if spec.method == "gptq" else quantizer.result(perm)
     final = np.empty_like(qt)
     final[perm] = qt
-    return QuantizedWeight(codes, incoherence, error=loss), torch.from_numpy(np.ascontiguousarray(final.T))
+    final_t = torch.from_numpy(np.ascontiguousarray(final.T))
+    # The loop's loss is measured against its damped (and for acc rescaled, rotated, normalised) Hessian;
+    # report every layer's error in its own units instead, 1/2 tr(E H E^T) with E = W - Q in the original
+    # basis and the calibration Hessian, so errors of all methods and modes compare (`bits` fits them).
+    q = final_t if incoherence is None else _original_basis(final_t, incoherence)
+    e = weight.detach().to(device="cpu", dtype=torch.float64).numpy() - q.numpy().astype(np.float64)
+    h0 = hessian.detach().cpu().to(torch.float64).numpy()
+    loss = 0.5 * float(np.sum((e @ h0) * e))
+    return QuantizedWeight(codes, incoherence, error=loss), final_t
