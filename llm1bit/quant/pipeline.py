@@ -6,7 +6,13 @@
 2. For each decoder layer, with only that layer on the device: one forward of the unquantized layer with
    hooks accumulating H = sum_s X_s^T X_s (float64) per linear, then `quantize_weight` for every linear
    (H / n as float32), each replaced by a `QuantLinear`; a second forward of the quantized layer yields
-   the next layer's inputs.
+   the next layer's inputs. Each layer gets the keyword arguments the model passes to that very layer
+   (`capture_layer_kwargs`): Gemma-2/3 alternate sliding-window and global attention (different masks,
+   and for Gemma-3 different rotary embeddings), so layer 0's are not right for every layer.
+3. Mixture-of-experts layers (`llm1bit.quant.experts`): each expert's slices of the fused experts weights
+   are quantized as their own matrices with a Hessian from the tokens routed to that expert, and the
+   experts module becomes a `QuantExperts`. An expert slice that received fewer tokens than it has inputs
+   gets the identity Hessian instead (see `FALLBACK`); the report lists it with every expert's tokens.
 
 Methods without a Hessian (rtn, bcq) skip the forwards. Embeddings, norms and lm_head are untouched;
 activations keep the model's dtype."""
@@ -38,6 +44,10 @@ NEEDS_HESSIAN = ("gptq", "shiftaddllm")
 Solver = Callable[["torch.Tensor", "torch.Tensor | None", QuantSpec], "QuantizedWeight"]
 
 
+# Expert slices with fewer routed calibration tokens than inputs are quantized with H = I.
+FALLBACK = "identity Hessian (round-to-nearest on the same grid): fewer routed tokens than inputs"
+
+
 @dataclass
 class SublayerReport:
     name: str
@@ -45,6 +55,8 @@ class SublayerReport:
     shape: tuple[int, int]
     error: float
     seconds: float
+    tokens: int | None = None  # expert slices: calibration tokens the router sent to this expert
+    fallback: bool = False  # expert slices: quantized with the identity Hessian (too few tokens)
 
 
 @dataclass
@@ -58,6 +70,19 @@ class LayerReport:
     @property
     def error(self) -> float:
         return sum(s.error for s in self.sublayers)
+
+    def expert_tokens(self) -> dict[str, list[int]]:
+        """Experts module name -> calibration tokens routed to each expert (they sum to tokens × top_k)."""
+        out: dict[str, dict[int, int]] = {}
+        for s in self.sublayers:
+            if s.tokens is not None:
+                module, _, expert = s.name.rpartition(".")
+                out.setdefault(module.rpartition(".")[0], {})[int(expert)] = s.tokens
+        return {module: [per[e] for e in sorted(per)] for module, per in out.items()}
+
+    @property
+    def fallbacks(self) -> list[str]:
+        return [s.name for s in self.sublayers if s.fallback]
 
 
 @dataclass
@@ -74,13 +99,23 @@ class QuantizeReport:
     def solver_seconds(self) -> float:
         return sum(layer.solver_seconds for layer in self.layers)
 
+    @property
+    def fallbacks(self) -> list[str]:
+        """Expert slices quantized with the identity Hessian (`FALLBACK`)."""
+        return [name for layer in self.layers for name in layer.fallbacks]
+
     def to_dict(self) -> dict[str, Any]:
-        return {
+        out = {
             "total_seconds": self.total_seconds,
             "forward_seconds": self.forward_seconds,
             "solver_seconds": self.solver_seconds,
             "layers": [dataclasses.asdict(layer) for layer in self.layers],
         }
+        experts = {k: v for layer in self.layers for k, v in layer.expert_tokens().items()}
+        if experts:
+            out["expert_tokens"] = experts
+            out["fallback"] = {"rule": FALLBACK, "modules": self.fallbacks}
+        return out
 
 
 class _StopForward(Exception):
@@ -103,16 +138,28 @@ def check_device(device: str) -> str:
 
 
 def resolve_bits(names: list[str], wbits: int, bits_config: dict[str, int] | None) -> dict[str, int]:
-    """Bits per module name: `bits_config` overrides `wbits`; unknown names and bad widths are errors."""
+    """Bits per module name: `bits_config` overrides `wbits`; unknown names and bad widths are errors.
+
+    Expert slices are named one by one (`model.layers.0.mlp.experts.down_proj.3`); a name that stands for
+    several of them (`...mlp.experts.down_proj`, `...mlp.experts`) sets them all, and a slice named as well
+    overrides that whichever comes first in the file."""
     bits = dict.fromkeys(names, wbits)
-    for name, value in (bits_config or {}).items():
-        if name not in bits:
+    groups: dict[str, list[str]] = {}
+    for name in names:
+        head, _, tail = name.rpartition(".")
+        if tail.isdigit():  # an expert slice: <experts>.<projection>.<expert>
+            groups.setdefault(head, []).append(name)
+            groups.setdefault(head.rpartition(".")[0], []).append(name)
+    items = sorted((bits_config or {}).items(), key=lambda item: item[0] not in groups)
+    for name, value in items:
+        if name not in bits and name not in groups:
             close = difflib.get_close_matches(name, names, n=2, cutoff=0.6)
             hint = f" (did you mean {' or '.join(close)}?)" if close else ""
             raise UserError(f"bits config names unknown module {name!r}{hint}; e.g. {names[0]}")
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 8:
             raise UserError(f"bits config gives {name} {value!r} bits; allowed: an integer 1 to 8")
-        bits[name] = value
+        for target in groups.get(name, [name]):
+            bits[target] = value
     return bits
 
 
@@ -181,6 +228,45 @@ def capture_inputs(
     return inputs, store["kwargs"]
 
 
+def capture_layer_kwargs(
+    model: nn.Module, stack: DecoderStack, window: torch.Tensor, device: str
+) -> list[dict[str, Any]]:
+    """The keyword arguments the model passes to each decoder layer (mask, rotary embeddings, ...), from
+    one window with every layer swapped for a recorder that returns its input (nothing is computed)."""
+    import torch
+    from torch import nn
+
+    store: list[dict[str, Any]] = []
+    last = len(stack.layers) - 1
+
+    class Recorder(nn.Module):
+        def __init__(self, index: int) -> None:
+            super().__init__()
+            self.index = index
+
+        def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+            store.append({k: v for k, v in kwargs.items() if k != "hidden_states"})
+            if self.index == last:
+                raise _StopForward
+            return hidden_states
+
+    parent_name, _, attr = stack.prefix.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    _move_outside_layers(model, stack, device)
+    setattr(parent, attr, nn.ModuleList(Recorder(i) for i in range(len(stack.layers))))
+    try:
+        with torch.no_grad():
+            model(input_ids=window[None].to(device), use_cache=False)
+    except _StopForward:
+        pass
+    finally:
+        setattr(parent, attr, stack.layers)
+        _move_outside_layers(model, stack, "cpu")
+    if len(store) != len(stack.layers):
+        raise RuntimeError(f"{type(model).__name__} called {len(store)} of its {len(stack.layers)} layers")
+    return store
+
+
 def run_layer(
     layer: nn.Module, inputs: torch.Tensor, kwargs: dict[str, Any], out: torch.Tensor
 ) -> torch.Tensor:
@@ -226,17 +312,32 @@ def layer_hessians(
     inputs: torch.Tensor,
     kwargs: dict[str, Any],
     out: torch.Tensor,
+    experts: dict[str, nn.Module] | None = None,
+    tokens: dict[str, int] | None = None,
 ) -> dict[str, torch.Tensor]:
     """One forward of `layer` over every sample (into `out`) with hooks on `linears`: each linear's
-    H = sum_s X_s^T X_s / n_samples, float64."""
+    H = sum_s X_s^T X_s / n_samples, float64.
+
+    `experts` (relative name -> fused experts module) adds each expert slice ("mlp.experts.down_proj.3")
+    with H summed over the tokens routed to that expert, divided by n_samples as well (zeros when none
+    were), and fills `tokens` with each slice's routed token count."""
+    from llm1bit.quant.experts import ExpertHessians
+
     hessians: dict[str, list] = {rel: [None, 0] for rel in linears}
     handles = _hessian_hooks(linears, hessians)
+    recorders = {rel: ExpertHessians(module) for rel, module in (experts or {}).items()}
+    handles += [recorder.register() for recorder in recorders.values()]
     try:
         run_layer(layer, inputs, kwargs, out)
     finally:
         for handle in handles:
             handle.remove()
-    return {rel: acc.div_(count) for rel, (acc, count) in hessians.items()}
+    result = {rel: acc.div_(count) for rel, (acc, count) in hessians.items()}
+    for rel, recorder in recorders.items():
+        result.update({f"{rel}.{name}": h for name, h in recorder.hessians().items()})
+        if tokens is not None:
+            tokens.update({f"{rel}.{name}": n for name, n in recorder.slice_tokens().items()})
+    return result
 
 
 def _to_cpu(obj: Any) -> Any:
@@ -270,6 +371,7 @@ def quantize_model(
     interrupted run with the same settings) are loaded instead of quantized again."""
     import torch
 
+    from llm1bit.quant.experts import needs_fallback
     from llm1bit.quant.linear import QuantLinear
 
     if solver is None:
@@ -286,9 +388,11 @@ def quantize_model(
     report = QuantizeReport()
     start = time.perf_counter()
 
-    inputs = outputs = kwargs = None
+    inputs = outputs = None
+    layer_kwargs: list[dict[str, Any]] = []
     if needs_hessian:
-        inputs, kwargs = capture_inputs(model, stack, windows, device)
+        inputs, _ = capture_inputs(model, stack, windows, device)
+        layer_kwargs = capture_layer_kwargs(model, stack, windows[0], device)
         outputs = torch.empty_like(inputs)
         report.capture_seconds = time.perf_counter() - start
 
@@ -300,46 +404,71 @@ def quantize_model(
         for index, layer in enumerate(stack.layers):
             layer_report = LayerReport(index)
             layer.to(device)
-            linears = {rel: layer.get_submodule(rel) for rel in stack.linears}
+            kwargs = layer_kwargs[index] if needs_hessian else {}
+            experts = {rel: layer.get_submodule(rel) for rel in stack.layer_experts(index)}
+            linears = _layer_targets(layer, stack.layer_linears(index), experts)
+            built: dict[str, nn.Module] = {}  # quantized expert slices, installed once a layer is done
             cache_file = cache_dir / f"layer-{index:04d}.safetensors" if cache_dir else None
             cached = load_layer_cache(cache_file) if cache_file and cache_file.is_file() else None
             if cached is not None:  # finished by an interrupted earlier run with the same settings
                 layer_report.resumed = True
                 for rel, (quantized, sub) in cached.items():
-                    _replace(
+                    _install(
                         layer,
                         rel,
                         QuantLinear(quantized, linears[rel].bias, linears[rel].weight.dtype, sub.bits),
+                        linears[rel],
+                        built,
                     )
                     layer_report.sublayers.append(sub)
                 if progress:
                     progress.advance(task, len(cached))
             else:
                 hessians: dict[str, torch.Tensor] = {}
+                tokens: dict[str, int] = {}
                 if needs_hessian:
                     t0 = time.perf_counter()
-                    hessians = layer_hessians(layer, linears, inputs, kwargs, outputs)
+                    dense = {rel: m for rel, m in linears.items() if not isinstance(m, _ExpertSlice)}
+                    hessians = layer_hessians(layer, dense, inputs, kwargs, outputs, experts, tokens)
                     layer_report.forward_seconds += time.perf_counter() - t0
                 for rel, linear in linears.items():
                     name = f"{stack.layer_name(index)}.{rel}"
                     if progress:
                         progress.update(task, description=f"layer {index + 1}/{len(stack.layers)} {rel}")
-                    hessian = hessians.pop(rel).to(torch.float32) if needs_hessian else None
+                    routed = hessians.pop(rel) if needs_hessian else None
+                    fallback = rel in tokens and needs_fallback(tokens[rel], linear.weight.shape[1])
+                    hessian = None if routed is None else routed.to(torch.float32)
+                    if fallback:  # FALLBACK: too few routed tokens for a full-rank Hessian
+                        hessian = torch.eye(linear.weight.shape[1], dtype=torch.float32)
                     t0 = time.perf_counter()
                     weight = linear.weight.detach().to(torch.float32)
                     with torch.no_grad():
                         quantized = _to_cpu(solver(weight, hessian, specs[bits[name]]))
+                    if fallback:  # the error in the units of every other layer: 1/2 tr(E H E^T), routed H
+                        quantized = dataclasses.replace(quantized, error=_error(weight, quantized, routed))
                     seconds = time.perf_counter() - t0
-                    del hessian
-                    _replace(layer, rel, QuantLinear(quantized, linear.bias, linear.weight.dtype, bits[name]))
+                    del hessian, routed
+                    module = QuantLinear(quantized, linear.bias, linear.weight.dtype, bits[name])
+                    _install(layer, rel, module, linear, built)
                     layer_report.sublayers.append(
-                        SublayerReport(name, bits[name], tuple(weight.shape), float(quantized.error), seconds)
+                        SublayerReport(
+                            name,
+                            bits[name],
+                            tuple(weight.shape),
+                            float(quantized.error),
+                            seconds,
+                            tokens.get(rel),
+                            fallback,
+                        )
                     )
                     layer_report.solver_seconds += seconds
                     if progress:
                         progress.advance(task)
+                _install_experts(layer, experts, built)
                 if cache_file is not None:
                     save_layer_cache(cache_file, layer, list(linears), layer_report)
+            if cached is not None:
+                _install_experts(layer, experts, built)
             if needs_hessian:
                 t0 = time.perf_counter()
                 run_layer(layer, inputs, kwargs, outputs)
@@ -352,6 +481,53 @@ def quantize_model(
             progress.stop()
     report.total_seconds = time.perf_counter() - start
     return report
+
+
+@dataclass
+class _ExpertSlice:
+    """One expert's (out, in) weight inside a fused experts module, quantized like a linear without bias."""
+
+    weight: torch.Tensor
+    bias: None = None
+
+
+def _layer_targets(layer: nn.Module, rels: tuple[str, ...], experts: dict[str, nn.Module]) -> dict[str, Any]:
+    """Relative name -> the nn.Linear, or the `_ExpertSlice` of a fused experts module, to quantize."""
+    from llm1bit.quant.experts import expert_weights
+
+    slices = {
+        f"{rel}.{name}": _ExpertSlice(weight)
+        for rel, module in experts.items()
+        for name, weight in expert_weights(module).items()
+    }
+    return {rel: slices[rel] if rel in slices else layer.get_submodule(rel) for rel in rels}
+
+
+def _install(layer: nn.Module, rel: str, module: nn.Module, target: Any, built: dict[str, nn.Module]) -> None:
+    """Put a quantized linear in place now, or keep an expert slice in `built` for `_install_experts`."""
+    if isinstance(target, _ExpertSlice):
+        built[rel] = module
+    else:
+        _replace(layer, rel, module)
+
+
+def _install_experts(layer: nn.Module, experts: dict[str, nn.Module], built: dict[str, nn.Module]) -> None:
+    """Swap each fused experts module for a `QuantExperts` of its quantized slices (`built`)."""
+    from llm1bit.quant.experts import QuantExperts
+
+    for rel, module in experts.items():
+        n = module.gate_up_proj.shape[0]
+        gate_up = [built.pop(f"{rel}.gate_up_proj.{e}") for e in range(n)]
+        down = [built.pop(f"{rel}.down_proj.{e}") for e in range(n)]
+        _replace(layer, rel, QuantExperts(module, gate_up, down))
+
+
+def _error(weight: torch.Tensor, quantized: QuantizedWeight, hessian: torch.Tensor) -> float:
+    """1/2 tr(E H E^T) with E = W - Q (float64)."""
+    import torch
+
+    e = weight.to(torch.float64) - quantized.dequantize().to(torch.float64).to(weight.device)
+    return 0.5 * float(torch.sum((e @ hessian.to(device=weight.device, dtype=torch.float64)) * e))
 
 
 def _replace(layer: nn.Module, rel: str, module: nn.Module) -> None:
@@ -415,22 +591,35 @@ def _progress(console: Console | None):
 
 
 def summary_table(report: QuantizeReport):
-    """A rich table: one row per decoder layer (bits, summed solver error, seconds), and totals."""
+    """A rich table: one row per decoder layer (bits, summed solver error, seconds), and totals.
+
+    Mixture-of-experts models add the calibration tokens routed per expert (min / median / max over the
+    layer's experts) and the number of expert slices on the fallback; the caption names those slices."""
+    import statistics
+
     from rich.table import Table
 
+    experts = any(layer.expert_tokens() for layer in report.layers)
     table = Table(title="per-layer summary", show_footer=True)
     table.add_column("layer", footer="total")
     table.add_column("bits")
     table.add_column("error", justify="right", footer=f"{sum(r.error for r in report.layers):.4g}")
+    if experts:
+        table.add_column("tokens/expert min/med/max", justify="right")
+        table.add_column("fallback", justify="right", footer=str(len(report.fallbacks)))
     table.add_column("forward s", justify="right", footer=f"{report.forward_seconds:.1f}")
     table.add_column("solver s", justify="right", footer=f"{report.solver_seconds:.1f}")
     for layer in report.layers:
         widths = sorted({s.bits for s in layer.sublayers})
-        table.add_row(
-            str(layer.index),
-            "/".join(map(str, widths)),
-            f"{layer.error:.4g}",
-            f"{layer.forward_seconds:.1f}",
-            f"{layer.solver_seconds:.1f}",
-        )
+        cells = [str(layer.index), "/".join(map(str, widths)), f"{layer.error:.4g}"]
+        if experts:
+            counts = [n for per in layer.expert_tokens().values() for n in per]
+            tokens = f"{min(counts)}/{statistics.median(counts):g}/{max(counts)}" if counts else "-"
+            cells += [tokens, str(len(layer.fallbacks))]
+        cells += [f"{layer.forward_seconds:.1f}", f"{layer.solver_seconds:.1f}"]
+        table.add_row(*cells)
+    fallbacks = report.fallbacks
+    if fallbacks:
+        shown = ", ".join(fallbacks[:8]) + (f" and {len(fallbacks) - 8} more" if len(fallbacks) > 8 else "")
+        table.caption = f"{FALLBACK}: {shown}"
     return table
