@@ -183,8 +183,24 @@ def _windows(cfg: dict, path: Path, model_type: str, n_layers: int) -> tuple[int
     return ()
 
 
+# An `llm1bit quantize` folder's config.json says model_type "llm1bit" (so that transformers refuses it
+# unless llm1bit is imported) and keeps the original model_type here, every other field as the original.
+QUANTIZED_MODEL_TYPE = "llm1bit"
+BASE_MODEL_TYPE_KEY = "llm1bit_base_model_type"
+
+
+def unwrap_quantized(cfg: dict) -> dict:
+    """The original model's config dict of a quantized folder's config (unchanged for any other config)."""
+    if cfg.get("model_type") != QUANTIZED_MODEL_TYPE or BASE_MODEL_TYPE_KEY not in cfg:
+        return cfg
+    cfg = dict(cfg)
+    cfg["model_type"] = cfg.pop(BASE_MODEL_TYPE_KEY)
+    return cfg
+
+
 def _text_config(cfg: dict, path: Path) -> tuple[dict, str]:
     """(the language model's config, its model_type): Gemma-3 wrappers hold it under text_config."""
+    cfg = unwrap_quantized(cfg)
     model_type = cfg.get("model_type")
     text = cfg.get("text_config")
     if model_type == "gemma3":

@@ -123,6 +123,13 @@ def with_bits_config(model: ModelSpec, path: str | Path) -> ModelSpec:
 
 def safetensors_sizes(path: Path) -> dict[str, int]:
     """Tensor name -> bytes, from a safetensors header alone; a truncated or foreign file is a one-line error."""
+    return {name: nbytes for name, (_, _, nbytes) in safetensors_header(path).items()}
+
+
+def safetensors_header(path: Path) -> dict[str, tuple[str, list[int], int]]:
+    """Tensor name -> (dtype as safetensors spells it, shape, bytes), from the header alone, checked against
+    the file's size: a truncated or foreign file is a one-line error."""
+    path = Path(path)
     try:
         with path.open("rb") as f:
             head = f.read(8)
@@ -142,18 +149,19 @@ def safetensors_sizes(path: Path) -> dict[str, int]:
         header = json.loads(raw)
     except (UnicodeDecodeError, ValueError):
         raise UserError(f"{path}: not a safetensors file (header is not JSON)") from None
-    sizes = {}
+    entries = {}
     for name, info in header.items():
         if name == "__metadata__":
             continue
         try:
             start, end = info["data_offsets"]
+            dtype, shape = str(info["dtype"]), [int(n) for n in info["shape"]]
         except (TypeError, KeyError, ValueError):
             raise UserError(f"{path}: malformed safetensors header entry {name!r}") from None
         if 8 + length + end > size:
             raise UserError(f"{path}: truncated safetensors file ({name} ends past the end of the file)")
-        sizes[name] = end - start
-    return sizes
+        entries[name] = (dtype, shape, end - start)
+    return entries
 
 
 def _format_of(meta: dict, method: str | None, mode: str | None) -> str:

@@ -1,12 +1,18 @@
-"""The on-disk format of a quantized model and `load_quantized(path)`.
+"""The on-disk format of a quantized model, `load_quantized(path)`, and the module shells both loaders fill.
 
-An output folder is a Hugging Face model folder: `config.json` (with a `quantization_config` block whose
-`quant_method` is `llm1bit-<method>`), `generation_config.json`, the tokenizer files and one
-`model.safetensors`. The safetensors file holds every tensor that stays in full precision (embeddings,
-norms, biases, an untied lm_head) under its usual state-dict name, and for each quantized linear the
-packed codes described in `llm1bit.quant.packing`. `load_quantized` rebuilds the model from the config,
-swaps those linears for `QuantLinear` and loads the rest, so reloaded weights equal the solver's output
-bit for bit."""
+An output folder is a Hugging Face model folder: `config.json`, `generation_config.json`, the tokenizer files
+and one `model.safetensors`. `config.json` is the original model's config with two changes: `model_type` is
+"llm1bit" (transformers refuses an unknown model type, so a process that has not imported llm1bit fails
+loudly instead of loading random weights) and `llm1bit_base_model_type` keeps the original one; plus a
+`quantization_config` block whose `quant_method` is `llm1bit-<method>` and whose `modules` maps every
+quantized module name to its `shape` [out, in], format and group layout. The safetensors file holds every
+tensor that stays in full precision (embeddings, norms, biases, an untied lm_head) under its usual state-dict
+name, and for each quantized module the packed tensors of `llm1bit.quant.packing` under `<module name>.`.
+
+Both loaders build the model on the meta device, replace each quantized module by an empty `QuantLinear`
+shell shaped from the file's header (`build_shells`), fill it from the file and check it (`check_loaded`):
+`load_quantized` with safetensors' `load_file`, and transformers' `from_pretrained` through the quantizer
+registered in `llm1bit.quant.hf`. Reloaded weights equal the solver's output bit for bit."""
 
 from __future__ import annotations
 
@@ -16,13 +22,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llm1bit.errors import UserError
-from llm1bit.layer_bits import safetensors_sizes
+from llm1bit.hf_config import BASE_MODEL_TYPE_KEY, QUANTIZED_MODEL_TYPE, unwrap_quantized
+from llm1bit.layer_bits import safetensors_header
 
 if TYPE_CHECKING:
     from torch import nn
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
-FORMAT_VERSION = 2  # 2: one byte per power-of-two scale term (packing.encode_terms)
+FORMAT_VERSION = 3  # 2: one byte per power-of-two scale term; 3: model_type "llm1bit", per-layer rotations
 WEIGHTS_NAME = "model.safetensors"
 
 
@@ -90,7 +97,7 @@ def save_quantized(
     from safetensors.torch import save_file
 
     from llm1bit import __version__
-    from llm1bit.quant.packing import pack, packed_nbytes
+    from llm1bit.quant.packing import packed_nbytes
 
     out = Path(out)
     tensors: dict[str, torch.Tensor] = {}
@@ -103,7 +110,8 @@ def save_quantized(
         tensors[name] = tensor.detach().cpu().contiguous()
     modules: dict[str, dict[str, Any]] = {}
     for name, mod in quant_linears(model).items():
-        packed, meta = pack(mod.quantized, mod.bits)
+        packed = {key: t.detach().cpu().contiguous() for key, t in mod.packed_tensors().items()}
+        meta = dict(mod.meta)
         meta["bias"] = mod.bias is not None
         meta["nbytes"] = packed_nbytes(packed)
         modules[name] = meta
@@ -118,6 +126,8 @@ def save_quantized(
     qconfig = build_quantization_config(model, spec_dict, modules, extra or {})
     config = model.config.to_dict()
     config.pop("quantization_config", None)
+    config[BASE_MODEL_TYPE_KEY] = config["model_type"]
+    config["model_type"] = QUANTIZED_MODEL_TYPE
     config["dtype"] = str(model.dtype).removeprefix("torch.")
     config["quantization_config"] = qconfig
     (out / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
@@ -149,9 +159,9 @@ def _stored_shape(codes) -> tuple[int, int]:
     return n, k
 
 
-def _unpack_checked(weights: Path, name: str, own: dict, meta: dict, linear_shape: tuple[int, int]):
-    """Unpack one module's tensors, refusing (one line naming the file and module) any that do not match
-    its quantization_config entry or the layer they replace."""
+def _check_module(weights: Path, name: str, own: dict, meta: dict, layer_shape: tuple[int, int]) -> None:
+    """Refuse (one line naming the file and module) packed tensors that do not match the module's
+    quantization_config entry or the layer they replace."""
     from llm1bit.quant.packing import unpack
 
     what = f"{weights}: the packed tensors of {name} do not match its quantization_config"
@@ -165,11 +175,10 @@ def _unpack_checked(weights: Path, name: str, own: dict, meta: dict, linear_shap
         raise UserError(
             f"{what} ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else exc})"
         ) from None
-    if tuple(dense) != shape or shape != linear_shape:
+    if tuple(dense) != shape or shape != tuple(layer_shape):
         raise UserError(
-            f"{what}: they give {list(dense)}, the config says {list(shape)}, the layer is {list(linear_shape)}"
+            f"{what}: they give {list(dense)}, the config says {list(shape)}, the layer is {list(layer_shape)}"
         )
-    return quantized
 
 
 def read_quantization_config(path: str | os.PathLike) -> dict[str, Any]:
@@ -184,68 +193,155 @@ def read_quantization_config(path: str | os.PathLike) -> dict[str, Any]:
     return qc
 
 
-def load_quantized(
-    path: str | os.PathLike, device: str = "cpu", with_tokenizer: bool = False
-) -> PreTrainedModel | tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    """Rebuild a runnable model from an `llm1bit quantize` folder; its linears compute through the stored codes.
-
-    Returns the model (eval mode, on `device`), or (model, tokenizer) with `with_tokenizer=True`."""
-    import torch
-    from safetensors.torch import load_file
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    from llm1bit.quant.linear import QuantLinear
-    from llm1bit.quant.models import _quiet_transformers
-
-    _quiet_transformers()
-    path = Path(path)
-    qc = read_quantization_config(path)
+def check_format_version(where: str | os.PathLike, qc: dict[str, Any]) -> None:
     if int(qc.get("format_version", 0)) > FORMAT_VERSION:
         raise UserError(
-            f"{path} uses format version {qc['format_version']}; this llm1bit reads up to {FORMAT_VERSION}"
+            f"{where} uses format version {qc['format_version']}; this llm1bit reads up to {FORMAT_VERSION}"
         )
-    weights = path / WEIGHTS_NAME
-    if not weights.is_file():
-        raise UserError(f"{path} has no {WEIGHTS_NAME}")
-    safetensors_sizes(weights)  # a truncated file: one line naming it
-    config = AutoConfig.from_pretrained(path)
-    if hasattr(config, "quantization_config"):
-        del config.quantization_config
-    dtype = getattr(torch, str(config.dtype or "float32").removeprefix("torch."))
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    tensors = load_file(str(weights))
 
-    for name, meta in qc["modules"].items():
+
+def build_shells(
+    model: nn.Module, modules: dict[str, dict[str, Any]], weights: Path, dtype
+) -> dict[str, tuple[int, int]]:
+    """Replace, in place, every module `quantization_config.modules` lists by an empty shell shaped from the
+    safetensors header of `weights` (a QuantLinear for an nn.Linear; a QuantExperts for the slices of a fused
+    experts module). Returns each module's expected [out, in] from the layer it replaces."""
+    from torch import nn as torch_nn
+
+    from llm1bit.quant.linear import QuantLinear
+
+    header = safetensors_header(weights)
+    layer_shapes: dict[str, tuple[int, int]] = {}
+    experts: dict[str, dict[str, dict[str, Any]]] = {}
+    for name, meta in modules.items():
         prefix = f"{name}."
-        own = {
-            key[len(prefix) :]: tensors.pop(key)
-            for key in list(tensors)
-            if key.startswith(prefix) and key != f"{prefix}bias"
+        specs = {
+            key[len(prefix) :]: [dtype_name, shape]
+            for key, (dtype_name, shape, _) in header.items()
+            if key.startswith(prefix) and "." not in key[len(prefix) :] and key != f"{prefix}bias"
         }
-        bias = tensors.get(f"{prefix}bias")  # stays in `tensors` for load_state_dict
+        if not specs:
+            raise UserError(f"{weights}: no packed tensors for {name}, which quantization_config lists")
+        meta = {**meta, "tensors": specs}
         parent_name, _, child = name.rpartition(".")
         try:
             parent = model.get_submodule(parent_name)
         except AttributeError:
             parent = None
-        linear = getattr(parent, child, None)
-        if not isinstance(linear, torch.nn.Linear):
+        target = getattr(parent, child, None) if parent is not None else None
+        if isinstance(target, torch_nn.Linear):
+            layer_shapes[name] = (target.out_features, target.in_features)
+            setattr(parent, child, QuantLinear.shell(meta, f"{prefix}bias" in header, dtype))
+            continue
+        # a fused experts module (transformers 5 MoE): <experts>.<3-D parameter>.<expert index>
+        owner_name, _, param_name = parent_name.rpartition(".")
+        owner = _fused_experts(model, owner_name) if child.isdigit() else None
+        fused = getattr(owner, param_name, None) if owner is not None else None
+        slot = int(child) if child.isdigit() else -1
+        if fused is None or fused.dim() != 3 or not 0 <= slot < fused.shape[0]:
             raise UserError(
-                f"{path}: quantized module {name} is not a linear layer of {type(model).__name__}"
+                f"{weights}: quantized module {name} is not a linear layer of {type(model).__name__}"
             )
-        quantized = _unpack_checked(weights, name, own, meta, (linear.out_features, linear.in_features))
-        setattr(parent, child, QuantLinear(quantized, bias, dtype=dtype, bits=int(meta["bits"])))
+        layer_shapes[name] = (int(fused.shape[1]), int(fused.shape[2]))
+        experts.setdefault(owner_name, {})[f"{param_name}.{slot}"] = meta
+    if experts:
+        from llm1bit.quant.experts import QuantExperts
 
-    result = model.load_state_dict(tensors, strict=False)
+        for owner_name, metas in experts.items():
+            parent_name, _, child = owner_name.rpartition(".")
+            owner = model.get_submodule(owner_name)
+            setattr(model.get_submodule(parent_name), child, QuantExperts.shell(owner, metas, dtype))
+    return layer_shapes
+
+
+def _fused_experts(model: nn.Module, name: str) -> nn.Module | None:
+    """The fused experts module at `name` (3-D expert parameters, transformers 5 MoE), if it is one."""
+    try:
+        module = model.get_submodule(name)
+    except AttributeError:
+        return None
+    try:
+        from llm1bit.quant.experts import is_fused_experts
+    except ImportError:
+        return None
+    return module if is_fused_experts(module) else None
+
+
+def check_loaded(
+    model: nn.Module,
+    modules: dict[str, dict[str, Any]],
+    layer_shapes: dict[str, tuple[int, int]],
+    weights: Path,
+) -> None:
+    """After a loader filled the shells: every quantized module's tensors are there (none left on the meta
+    device), unpack, and match its config entry and the layer it replaces; nothing else is left unloaded."""
+    import torch
+
+    from llm1bit.quant.linear import QuantLinear
+
+    for name, meta in modules.items():
+        module = model.get_submodule(name)
+        if not isinstance(module, QuantLinear):
+            raise UserError(f"{weights}: quantized module {name} was not rebuilt as a quantized layer")
+        own = module.packed_tensors()
+        missing = [key for key, t in own.items() if t.device == torch.device("meta")]
+        if missing:
+            raise UserError(
+                f"{weights}: tensors {', '.join(f'{name}.{k}' for k in missing[:3])} were not loaded"
+            )
+        _check_module(weights, name, own, meta, layer_shapes[name])
+    left = [
+        n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.device == torch.device("meta")
+    ]
+    if left:
+        raise UserError(f"{weights}: missing tensors {', '.join(left[:5])}")
+
+
+def base_config(config_dict: dict[str, Any]):
+    """The original architecture's transformers config of a quantized folder's config dict (no
+    quantization_config: the shells, not transformers, decide how the quantized modules load)."""
+    from transformers import AutoConfig
+
+    fields = unwrap_quantized(config_dict)
+    fields = {k: v for k, v in fields.items() if k != "quantization_config"}
+    model_type = fields.pop("model_type")
+    return AutoConfig.for_model(model_type, **fields)
+
+
+def load_quantized(
+    path: str | os.PathLike, device: str = "cpu", with_tokenizer: bool = False
+) -> PreTrainedModel | tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    """Rebuild a runnable model from an `llm1bit quantize` folder; its linears compute through the stored codes.
+
+    The model is built on the meta device, so nothing but the stored tensors is ever allocated: quantized
+    linears hold their packed codes only (see `llm1bit.quant.linear`). Returns the model (eval mode, on
+    `device`), or (model, tokenizer) with `with_tokenizer=True`."""
+    import torch
+    from accelerate import init_empty_weights
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    from llm1bit.quant.models import _quiet_transformers
+
+    _quiet_transformers()
+    path = Path(path)
+    qc = read_quantization_config(path)
+    check_format_version(path, qc)
+    weights = path / WEIGHTS_NAME
+    if not weights.is_file():
+        raise UserError(f"{path} has no {WEIGHTS_NAME}")
+    config = base_config(json.loads((path / "config.json").read_text()))
+    dtype = getattr(torch, str(config.dtype or "float32").removeprefix("torch."))
+    with init_empty_weights(include_buffers=False):  # parameters on meta; computed buffers (rotary) real
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    layer_shapes = build_shells(model, qc["modules"], weights, dtype)
+    tensors = load_file(str(weights))
+    result = model.load_state_dict(tensors, strict=False, assign=True)
     if result.unexpected_keys:
         raise UserError(f"{path}: unexpected tensors {', '.join(result.unexpected_keys[:5])}")
-    if result.missing_keys:
-        model.tie_weights()
-        state = model.state_dict()
-        loaded = {state[k].untyped_storage().data_ptr() for k in tensors}
-        untied = [k for k in result.missing_keys if state[k].untyped_storage().data_ptr() not in loaded]
-        if untied:
-            raise UserError(f"{path}: missing tensors {', '.join(untied[:5])}")
+    del tensors
+    model.tie_weights()
+    check_loaded(model, qc["modules"], layer_shapes, weights)
     model.eval().to(device)
     if with_tokenizer:
         from transformers import AutoTokenizer

@@ -1,10 +1,17 @@
-"""QuantLinear: a linear layer that computes through its stored codes.
+"""QuantLinear: a linear layer that holds only its packed codes and computes through them.
 
-The reference torch path dequantizes the codes once (`QuantizedWeight.dequantize()`, the one definition
-shared with the solver), casts to the activation dtype and caches the result as a non-persistent buffer
-`weight`; a shift-and-add or LUT kernel would replace `forward` and read `quantized` directly."""
+Its buffers are exactly the tensors `llm1bit.quant.packing.pack` stores for the layer (bit-packed code
+planes, one-byte power-of-two scale terms, uniform scales and zeros, incoherence data), under the same
+names as in `model.safetensors`, so `load_state_dict` and transformers' loader fill them directly. Each
+forward rebuilds the dense weight (`packing.unpack(...).dequantize()`, the one definition shared with the
+solver), uses it and drops it: resident memory is the packed bytes plus one layer's dense weight while it
+computes. `cache_weight=True` (or `set_weight_cache(model, True)`) keeps the dense weight for speed instead,
+at the memory of the original layer. A shift-and-add or LUT kernel would replace `forward` and read the
+packed planes directly."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -12,34 +19,135 @@ from torch import nn
 
 from llm1bit.quant.result import BinaryCodes, QuantizedWeight, UniformCodes
 
+# safetensors' dtype names (as in a file's header) -> torch dtypes, for the shells the loaders fill
+SAFETENSORS_DTYPES = {
+    "U8": torch.uint8,
+    "I8": torch.int8,
+    "I16": torch.int16,
+    "I32": torch.int32,
+    "I64": torch.int64,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F32": torch.float32,
+    "F64": torch.float64,
+}
+
 
 class QuantLinear(nn.Module):
-    """y = x W^T + b with W rebuilt from `quantized` (codes + scales [+ incoherence])."""
+    """y = x W^T + b with W rebuilt, on every call, from the packed tensors held as buffers."""
 
     def __init__(
         self,
-        quantized: QuantizedWeight,
+        quantized: QuantizedWeight | None,
         bias: torch.Tensor | None,
         dtype: torch.dtype = torch.float32,
         bits: int | None = None,
+        *,
+        cache_weight: bool = False,
+        packed: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None,
     ) -> None:
+        """From a solver's `quantized` weight (packed here), or from `packed` = (tensors, meta) as stored."""
         super().__init__()
-        self.quantized = quantized
-        weight = quantized.dequantize()
-        self.out_features, self.in_features = weight.shape
-        self.bits = bits if bits is not None else code_bits(quantized)
-        self.register_buffer("weight", weight.to(device="cpu", dtype=dtype), persistent=False)
+        from llm1bit.quant.packing import pack
+
+        if packed is None:
+            if quantized is None:
+                raise ValueError("QuantLinear needs a quantized weight or its packed tensors")
+            packed = pack(quantized, bits if bits is not None else code_bits(quantized))
+        tensors, meta = packed
+        self.meta = {key: value for key, value in meta.items() if key != "tensors"}
+        self.out_features, self.in_features = (int(n) for n in meta["shape"])
+        self.bits = int(meta["bits"])
+        self.compute_dtype = dtype
+        self.packed_names = tuple(tensors)
+        for key, tensor in tensors.items():
+            self.register_buffer(key, tensor)
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
+        self.cache_weight = cache_weight
+        self._weight: torch.Tensor | None = None
+        if quantized is not None and cache_weight:
+            self._weight = quantized.dequantize().to(dtype)
+
+    @classmethod
+    def shell(cls, meta: dict[str, Any], bias: bool, dtype: torch.dtype, device: str = "meta") -> QuantLinear:
+        """An empty layer for a loader to fill: buffers named and shaped as `meta["tensors"]` lists them
+        ({name: [safetensors dtype, shape]}, from the file's header), on `device` (meta: nothing allocated)."""
+        specs = meta.get("tensors")
+        if not specs:
+            raise ValueError("a QuantLinear shell needs meta['tensors'] (names, dtypes and shapes)")
+        tensors = {
+            key: torch.empty(shape, dtype=SAFETENSORS_DTYPES[dtype_name], device=device)
+            for key, (dtype_name, shape) in specs.items()
+        }
+        layer = cls(None, None, dtype, packed=(tensors, meta))
+        if bias:
+            layer.bias = nn.Parameter(
+                torch.empty(layer.out_features, dtype=dtype, device=device), requires_grad=False
+            )
+        return layer
+
+    def packed_tensors(self) -> dict[str, torch.Tensor]:
+        return {key: getattr(self, key) for key in self.packed_names}
+
+    @property
+    def quantized(self) -> QuantizedWeight:
+        """The codes as the solver produced them, unpacked from the buffers (a new object each time)."""
+        from llm1bit.quant.packing import unpack
+
+        return unpack(self.packed_tensors(), self.meta)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        """The dense weight in the layer's dtype: rebuilt on each access unless the cache is on."""
+        if self._weight is not None:
+            return self._weight
+        weight = self.quantized.dequantize().to(self.compute_dtype)
+        if self.cache_weight:
+            self._weight = weight
+        return weight
+
+    def set_cache(self, on: bool) -> None:
+        self.cache_weight = on
+        if not on:
+            self._weight = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.weight, self.bias)
+        weight = self.weight
+        if weight.device != x.device:
+            weight = weight.to(x.device)
+        return F.linear(x, weight.to(x.dtype), self.bias)
+
+    def _apply(self, fn, recurse=True):
+        """`.to(device)` moves the packed tensors; a dtype cast (`.half()`, `.to(torch.bfloat16)`) changes
+        only the compute dtype and the bias: scales stay float32, as stored, so the weights stay exact."""
+        packed = {key: getattr(self, key) for key in self.packed_names}
+        super()._apply(fn, recurse)
+        for key, before in packed.items():
+            after = getattr(self, key)
+            if after.dtype != before.dtype:
+                setattr(self, key, before.to(after.device))
+        if self.bias is not None:
+            self.compute_dtype = self.bias.dtype
+        elif packed:
+            probe = fn(torch.empty(0, dtype=self.compute_dtype))
+            self.compute_dtype = probe.dtype
+        if self._weight is not None:
+            self._weight = fn(self._weight)
+        return self
 
     def extra_repr(self) -> str:
-        kind = type(self.quantized.codes).__name__
-        inc = ", incoherence" if self.quantized.incoherence is not None else ""
+        inc = ", incoherence" if any(k.startswith("incoherence") for k in self.packed_names) else ""
         return (
-            f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, {kind}{inc}"
+            f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
+            f"{self.meta['format']}{inc}"
         )
+
+
+def set_weight_cache(model: nn.Module, on: bool) -> None:
+    """Keep (on) or drop (off) the dense weight of every QuantLinear of `model`."""
+    for module in model.modules():
+        if isinstance(module, QuantLinear):
+            module.set_cache(on)
 
 
 def code_bits(quantized: QuantizedWeight) -> int:
