@@ -27,8 +27,11 @@ class QuantSpec:
     # GPTQ's column order by decreasing Hessian diagonal; None = the reference's default per method:
     # on for shiftaddllm, off for gptq (the paper's OPTQ baseline), unused by rtn and bcq.
     act_order: bool | None = None
-    incoherence: bool = True  # acc only: QuIP-style rescale + random butterflies, seeded
+    incoherence: bool = True  # acc only: QuIP-style rescale + random rotations, seeded per module
     seed: int = 0
+    # The module being quantized ("model.layers.0.mlp.down_proj"): with `seed` it keys that module's own acc
+    # rotations. Set per call (`for_module`), not a setting: left out of `to_dict`.
+    module: str = ""
 
     def validate(self) -> QuantSpec:
         if self.method not in METHODS:
@@ -58,5 +61,10 @@ class QuantSpec:
     def with_bits(self, wbits: int) -> QuantSpec:
         return dataclasses.replace(self, wbits=wbits).validate()
 
+    def for_module(self, module: str) -> QuantSpec:
+        return dataclasses.replace(self, module=module)
+
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        del out["module"]
+        return out

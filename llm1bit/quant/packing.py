@@ -14,15 +14,30 @@ Tensors stored for a linear layer `NAME` (all beside `NAME.bias` when the layer 
 * uniform codes (rtn, gptq), W[n, k] = scale[n, k // groupsize] * (level[n, k] - zero[n, k // groupsize]):
   - `NAME.qweight`      uint8 (bits, N, ceil(K/8)): bit planes of the integer levels, plane b = bit b
   - `NAME.scale`, `NAME.zero`  float32 (N, ceil(K/groupsize))
-* incoherence (shiftaddllm acc): `NAME.incoherence_seed` int64 (1,), `NAME.incoherence_rescale` float32 (K,)
+* incoherence (shiftaddllm acc; `llm1bit.quant.incoherence` documents the rotations):
+  - `NAME.incoherence_rescale` float32 (K,): the diagonal rescale s
+  - `NAME.incoherence_key`     int64 (2,): the module's 128-bit rotation key, two uint64 words (low first)
+                               stored bit for bit as int64 (format version 3, rotation procedure 2)
+  - `NAME.incoherence_sha256`  uint8 (8,): the first 8 bytes of the sha256 of the rotation factors; unpacking
+                               regenerates the factors from the key and refuses a mismatch (`RotationMismatch`)
+  - `NAME.incoherence_seed`    int64 (1,): instead of key and checksum in folders of format versions 1 and 2
+                               (rotation procedure 1, regenerated from (seed, N, K) as before)
 
-The meta dict records format, bits, shape and group layout; `unpack` needs both."""
+The meta dict records format, bits, shape and group layout (and, with incoherence, `rotation_version` and
+`rotation_sha256`, the checksum as 16 hex digits); `unpack` needs both."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from llm1bit.quant.result import BinaryCodes, Incoherence, QuantizedWeight, UniformCodes
+from llm1bit.quant.result import (
+    LEGACY_BUTTERFLY,
+    PHILOX_HADAMARD,
+    BinaryCodes,
+    Incoherence,
+    QuantizedWeight,
+    UniformCodes,
+)
 
 if TYPE_CHECKING:
     import torch
@@ -140,10 +155,18 @@ def pack(quantized: QuantizedWeight, bits: int) -> tuple[dict[str, torch.Tensor]
         meta = {"format": "uniform", "bits": bits, "shape": [n, k], "groupsize": codes.groupsize}
     else:
         raise TypeError(f"cannot pack codes of type {type(codes).__name__}")
-    if quantized.incoherence is not None:
-        tensors["incoherence_seed"] = torch.tensor([quantized.incoherence.seed], dtype=torch.int64)
-        tensors["incoherence_rescale"] = quantized.incoherence.rescale.cpu().to(torch.float32)
-        meta["incoherence_seed"] = int(quantized.incoherence.seed)
+    inc = quantized.incoherence
+    if inc is not None:
+        tensors["incoherence_rescale"] = inc.rescale.cpu().to(torch.float32)
+        if inc.version == LEGACY_BUTTERFLY:
+            tensors["incoherence_seed"] = torch.tensor([inc.seed], dtype=torch.int64)
+            meta["incoherence_seed"] = int(inc.seed)
+        else:
+            words = [int(w) - (1 << 64) if int(w) >= 1 << 63 else int(w) for w in inc.key]
+            tensors["incoherence_key"] = torch.tensor(words, dtype=torch.int64)
+            tensors["incoherence_sha256"] = torch.tensor(list(bytes.fromhex(inc.checksum)), dtype=torch.uint8)
+            meta["rotation_version"] = int(inc.version)
+            meta["rotation_sha256"] = inc.checksum
     meta["error"] = float(quantized.error)
     return {key: t.contiguous() for key, t in tensors.items()}, meta
 
@@ -182,11 +205,40 @@ def unpack(tensors: dict[str, torch.Tensor], meta: dict[str, Any]) -> QuantizedW
     else:
         raise ValueError(f"unknown packed format {meta['format']!r}")
     incoherence = None
-    if "incoherence_seed" in tensors:
+    if "incoherence_key" in tensors:
+        incoherence = _unpack_rotation(tensors, meta, n, k)
+    elif "incoherence_seed" in tensors:
         incoherence = Incoherence(
-            seed=int(tensors["incoherence_seed"][0]), rescale=tensors["incoherence_rescale"]
+            rescale=tensors["incoherence_rescale"],
+            version=LEGACY_BUTTERFLY,
+            seed=int(tensors["incoherence_seed"][0]),
         )
     return QuantizedWeight(codes=codes, incoherence=incoherence, error=float(meta.get("error", 0.0)))
+
+
+def _unpack_rotation(tensors: dict[str, torch.Tensor], meta: dict[str, Any], n: int, k: int) -> Incoherence:
+    """The procedure-2 incoherence record, after regenerating its factors and checking their checksum."""
+    from llm1bit.quant.incoherence import RotationMismatch, rotations_of
+
+    words = tensors["incoherence_key"].cpu().tolist()
+    if len(words) != 2:
+        raise ValueError(f"incoherence_key holds {len(words)} values, expected 2")
+    checksum = meta.get("rotation_sha256")
+    if "incoherence_sha256" in tensors:
+        stored = bytes(tensors["incoherence_sha256"].cpu().tolist()).hex()
+        if checksum is not None and checksum != stored:
+            raise RotationMismatch(
+                f"the rotation checksum in the config ({checksum}) differs from the one in the tensors ({stored})"
+            )
+        checksum = stored
+    incoherence = Incoherence(
+        rescale=tensors["incoherence_rescale"],
+        key=(int(words[0]) & (1 << 64) - 1, int(words[1]) & (1 << 64) - 1),
+        checksum=checksum,
+        version=int(meta.get("rotation_version", PHILOX_HADAMARD)),
+    )
+    rotations_of(incoherence, n, k)  # regenerate now: a mismatch is an error at load, not in a forward
+    return incoherence
 
 
 def packed_nbytes(tensors: dict[str, torch.Tensor]) -> int:

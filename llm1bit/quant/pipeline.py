@@ -443,7 +443,7 @@ def quantize_model(
                     t0 = time.perf_counter()
                     weight = linear.weight.detach().to(torch.float32)
                     with torch.no_grad():
-                        quantized = _to_cpu(solver(weight, hessian, specs[bits[name]]))
+                        quantized = _to_cpu(solver(weight, hessian, specs[bits[name]].for_module(name)))
                     if fallback:  # the error in the units of every other layer: 1/2 tr(E H E^T), routed H
                         quantized = dataclasses.replace(quantized, error=_error(weight, quantized, routed))
                     seconds = time.perf_counter() - t0

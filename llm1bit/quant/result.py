@@ -56,15 +56,27 @@ class UniformCodes:
         return scale * (self.qweight.float() - zero)
 
 
+# Rotation procedures of acc-mode incoherence (llm1bit.quant.incoherence documents both).
+LEGACY_BUTTERFLY = (
+    1  # numpy default_rng butterflies keyed by (seed, N, K): folders of format versions 1 and 2
+)
+PHILOX_HADAMARD = 2  # Philox raw bits -> signed Hadamard stages, keyed per module: format version 3
+
+
 @dataclass
 class Incoherence:
     """Acc-mode incoherence processing: codes live in the basis U (W diag(s)) V^T.
 
-    U (N x N) and V (K x K) are random butterfly orthogonal matrices regenerated from `seed`;
+    U (N x N) and V (K x K) are random orthogonal matrices regenerated on demand: from the 128-bit
+    `key` (procedure `PHILOX_HADAMARD`; `checksum` is the sha256 prefix of the generated factors,
+    which regeneration must reproduce) or, for old folders, from `seed` (`LEGACY_BUTTERFLY`).
     `rescale` is the diagonal s. The original-basis weight is (U^T Q V) diag(1/s)."""
 
-    seed: int
     rescale: torch.Tensor  # float32 (K,)
+    key: tuple[int, int] | None = None  # two uint64 words (procedure 2)
+    checksum: str | None = None  # 16 hex digits (procedure 2)
+    version: int = PHILOX_HADAMARD
+    seed: int | None = None  # procedure 1 only
 
 
 @dataclass

@@ -224,7 +224,7 @@ def measure_layers(
                 if progress:
                     progress(f"measuring {info.name}")
                 for b, s in specs.items():
-                    quantized = quantize_layer(info.weight, info.hessian, s)
+                    quantized = quantize_layer(info.weight, info.hessian, s.for_module(info.name))
                     layer.errors[b] = float(quantized.error)
                     if output:
                         t2 = time.perf_counter()

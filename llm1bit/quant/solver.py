@@ -351,7 +351,7 @@ def _solve(weight, hessian, spec: QuantSpec):
         # fix-up after the rotation finds nothing dead; undoing then multiplies that column's quantization noise
         # by 1/s_j (about 30x). Zeroing dead inputs first, as GPTQ does, leaves them (nearly) zero instead.
         zero_dead_inputs(w, h)
-        w, h, incoherence = incoherence_preprocess(w, h, spec.seed)
+        w, h, incoherence = incoherence_preprocess(w, h, spec.seed, spec.module)
     diag = gptq_fixup(w, h, spec.percdamp)
     perm, slabs = block_order(diag, spec.act_order) if lat else column_order(diag, spec.act_order)
     u = inverse_cholesky_upper(h[np.ix_(perm, perm)])

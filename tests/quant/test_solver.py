@@ -15,11 +15,11 @@ from llm1bit.quant.incoherence import (
     Butterfly,
     butterfly_factors,
     incoherence_preprocess,
+    legacy_rotations,
     prime_factors,
-    rotations,
     undo_incoherence,
 )
-from llm1bit.quant.result import BinaryCodes, UniformCodes
+from llm1bit.quant.result import LEGACY_BUTTERFLY, PHILOX_HADAMARD, BinaryCodes, UniformCodes
 from llm1bit.quant.solver import block_order, quantize_weight, solve
 
 SPECS = {
@@ -96,13 +96,20 @@ def test_without_incoherence_the_weight_is_binary_times_pot_in_the_original_basi
 
 def test_incoherence_roundtrip_and_seeds(layer_256) -> None:
     w, h, _ = layer_256
-    w2, h2, inc = incoherence_preprocess(w.numpy(), h.numpy(), seed=5)
-    assert inc.seed == 5 and inc.rescale.dtype == torch.float32 and inc.rescale.shape == (256,)
+    w2, h2, inc = incoherence_preprocess(w.numpy(), h.numpy(), seed=5, module="m")
+    assert inc.version == PHILOX_HADAMARD and inc.key is not None and len(inc.checksum) == 16
+    assert inc.rescale.dtype == torch.float32 and inc.rescale.shape == (256,)
     back = undo_incoherence(torch.from_numpy(w2), inc)
     assert torch.allclose(back, w, atol=1e-6, rtol=1e-5)
     assert np.allclose(np.trace(h2), 256 * 1.01, rtol=1e-6)  # normalised to mean diagonal 1, plus 0.01 I
-    w3, _, _ = incoherence_preprocess(w.numpy(), h.numpy(), seed=6)
-    assert not np.allclose(w2, w3)
+    for other in ({"seed": 6, "module": "m"}, {"seed": 5, "module": "n"}):
+        w3, _, _ = incoherence_preprocess(w.numpy(), h.numpy(), **other)
+        assert not np.allclose(w2, w3)
+    # the legacy procedure (folders of format versions 1 and 2) still round-trips from its seed
+    w4, _, legacy = incoherence_preprocess(w.numpy(), h.numpy(), seed=5, version=LEGACY_BUTTERFLY)
+    assert legacy.version == LEGACY_BUTTERFLY and legacy.seed == 5 and legacy.key is None
+    assert torch.allclose(undo_incoherence(torch.from_numpy(w4), legacy), w, atol=1e-6, rtol=1e-5)
+    assert not np.allclose(w2, w4)
 
 
 def test_seeded_runs_are_bit_identical(make_layer) -> None:
@@ -224,8 +231,8 @@ def test_butterflies_are_orthogonal_for_any_size(n: int) -> None:
     assert np.allclose(m @ m.T, np.eye(n), atol=1e-12)
     x = np.random.default_rng(1).standard_normal((n, 3))
     assert np.allclose(b.apply_t(b.apply(x)), x, atol=1e-12)
-    u1, v1 = rotations(9, n, 4)
-    u2, _ = rotations(9, n, 4)
+    u1, v1 = legacy_rotations(9, n, 4)
+    u2, _ = legacy_rotations(9, n, 4)
     assert np.array_equal(u1.dense(), u2.dense())
 
 
