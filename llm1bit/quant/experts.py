@@ -217,5 +217,14 @@ class ExpertHessians:
 
 
 def needs_fallback(tokens: int, in_features: int) -> bool:
-    """An expert slice whose Hessian from its routed tokens is rank-deficient: fewer tokens than inputs."""
+    """An expert slice whose Hessian from its routed tokens is rank-deficient: fewer tokens than inputs.
+
+    Such a slice (and one that got no token at all, H = 0) is quantized with the identity Hessian, which
+    through the same solver is round-to-nearest on the same grid and format (no error feedback: H^-1 is
+    diagonal), and its error is reported against the Hessian it did get, 1/2 tr(E H E^T). Why not more
+    damping: with n < K tokens H has a null space of dimension >= K - n, and GPTQ / ShiftAddLLM error
+    feedback moves each column's rounding error into exactly those unseen directions. That is optimal for
+    the few calibration tokens and arbitrary for every other token the expert will see; damping only
+    bounds the overfit by an arbitrary amount, and with H = 0 there is nothing to damp. Round-to-nearest
+    is the unbiased baseline the Hessian methods improve on when they have the data."""
     return tokens < in_features

@@ -214,6 +214,7 @@ def test_quantize_moe_end_to_end(kind, spec, tmp_path) -> None:
     assert not any(".gate" == name[-5:] or "shared_expert_gate" in name for name in qconfig["modules"])
     reloaded = load_quantized(tmp_path)
     assert isinstance(reloaded.model.layers[0].mlp.experts, QuantExperts)
+    assert find_decoder_stack(reloaded).module_names() == find_decoder_stack(tiny(kind)).module_names()
     with torch.no_grad():
         assert torch.equal(reloaded(input_ids=ids).logits, logits)
 
@@ -260,3 +261,21 @@ def test_resume_cache_rebuilds_experts(tmp_path) -> None:
     ids = windows(2, 16)
     with torch.no_grad():
         assert torch.equal(first(input_ids=ids).logits, second(input_ids=ids).logits)
+
+
+def test_qwen2_moe_dense_layers_among_sparse() -> None:
+    """Qwen2-MoE's mlp_only_layers: the same layer class, a dense MLP in some layers, experts in others."""
+    from transformers import AutoModelForCausalLM
+
+    model = tiny("qwen2_moe")
+    config = model.config
+    config.mlp_only_layers = [1]
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    stack = find_decoder_stack(model)
+    assert stack.layout == "moe-shared+llama"
+    assert stack.layer_experts(0) == ("mlp.experts",) and stack.layer_experts(1) == ()
+    assert stack.layer_linears(1)[-3:] == ("mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+    report = quantize_model(model, QuantSpec(method="gptq", wbits=3), windows(4))
+    assert [bool(layer.expert_tokens()) for layer in report.layers] == [True, False]
+    assert find_decoder_stack(model).module_names() == stack.module_names()
