@@ -2,7 +2,7 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-# CI adds the optional extras its tests use: make test EXTRAS=quant,dev,ray,parquet
+# CI adds the optional extras its tests use: make test EXTRAS=quant,dev,ray,parquet,eval
 EXTRAS ?= quant,dev
 comma  := ,
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))

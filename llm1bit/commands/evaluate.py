@@ -1,9 +1,11 @@
-"""`llm1bit eval`: perplexity of an original checkpoint or a quantized folder over non-overlapping windows."""
+"""`llm1bit eval`: perplexity of an original checkpoint or a quantized folder over non-overlapping windows,
+or (`--tasks`) zero-shot accuracy through lm-evaluation-harness."""
 
 from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 import click
@@ -17,6 +19,9 @@ Examples:
   llm1bit eval --model ../shared/data/models/stories260K \\
       --data ../shared/data/tinystories/valid-head.txt --seqlen 256
   llm1bit eval --model out/smol-rtn3 --data ../shared/data/wikitext-2/test.gptq-join.txt --max-windows 40 --json
+  llm1bit eval --model out/smol-rtn3 --tasks tinystories_lastword --limit 200   # needs llm1bit[eval]
+  llm1bit eval --model out/smol-rtn3 --tasks my_task --include-path my_tasks/ --json
+  llm1bit eval --model out/smol-rtn3 --tasks my_tasks/my_task.yaml,hellaswag --limit 100
 """
 
 
@@ -39,12 +44,67 @@ def default_data() -> Path:
 @click.option("--max-windows", type=int, help="Evaluate only the first N windows.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@click.option(
+    "--tasks",
+    help="Comma-separated lm-evaluation-harness task names or task YAML files: zero-shot accuracy "
+    "instead of perplexity (needs `pip install 'llm1bit[eval]'`). llm1bit ships tinystories_lastword.",
+)
+@click.option("--limit", type=int, help="With --tasks: evaluate only the first N docs of each task.")
+@click.option(
+    "--include-path",
+    "include_paths",
+    multiple=True,
+    type=click.Path(file_okay=False),
+    help="With --tasks: a folder of extra task YAMLs (repeatable).",
+)
+@click.option(
+    "--batch-size", type=int, default=1, show_default=True, help="With --tasks: requests per forward."
+)
+@click.option(
+    "--bootstrap-iters",
+    type=int,
+    default=1000,
+    show_default=True,
+    help="With --tasks: bootstrap resamples for the stderr of non-mean metrics (perplexity); 0: none.",
+)
+@click.pass_context
 def evaluate(
-    model_src: str, data: str | None, seqlen: int, max_windows: int | None, device: str, as_json: bool
+    ctx: click.Context,
+    model_src: str,
+    data: str | None,
+    seqlen: int,
+    max_windows: int | None,
+    device: str,
+    as_json: bool,
+    tasks: str | None,
+    limit: int | None,
+    include_paths: tuple[str, ...],
+    batch_size: int,
+    bootstrap_iters: int,
 ) -> None:
     """Perplexity over non-overlapping windows: exp(mean over windows of the mean next-token loss).
 
-    The whole file is tokenized once; the tail shorter than a window is dropped."""
+    The whole file is tokenized once; the tail shorter than a window is dropped.
+
+    With --tasks: zero-shot metrics (accuracy, ...) of lm-evaluation-harness tasks, the model wrapped in
+    lm-eval's HFLM; task data is fetched from the Hugging Face hub except for local tasks
+    (tinystories_lastword, --include-path folders, YAML files)."""
+    zeroshot_only = ("limit", "include_paths", "batch_size", "bootstrap_iters")
+    perplexity_only = ("data", "seqlen", "max_windows")
+    given = {
+        name
+        for name in zeroshot_only + perplexity_only
+        if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+    }
+    if tasks is not None:
+        if given & set(perplexity_only):
+            flags = ", ".join("--" + n.replace("_", "-") for n in perplexity_only if n in given)
+            raise UserError(f"{flags}: perplexity options, not used with --tasks")
+        return _zeroshot(model_src, tasks, limit, include_paths, batch_size, bootstrap_iters, device, as_json)
+    if given & set(zeroshot_only):
+        flags = ", ".join("--" + n.replace("_", "-") for n in zeroshot_only if n in given)
+        raise UserError(f"{flags}: only used with --tasks")
+
     from llm1bit.quant.calib import tokenize_file
     from llm1bit.quant.models import check_seqlen, load_model
     from llm1bit.quant.perplexity import perplexity
@@ -70,3 +130,69 @@ def evaluate(
             f"perplexity {result.perplexity:.4f} on {data_path.name}: {result.windows} windows of "
             f"{seqlen} tokens ({result.tokens} tokens), model {model_src}"
         )
+
+
+def _zeroshot(
+    model_src: str,
+    tasks: str,
+    limit: int | None,
+    include_paths: tuple[str, ...],
+    batch_size: int,
+    bootstrap_iters: int,
+    device: str,
+    as_json: bool,
+) -> None:
+    from rich.console import Console
+
+    from llm1bit.quant.models import _is_llm1bit_folder, load_model
+    from llm1bit.quant.pipeline import check_device
+    from llm1bit.quant.zeroshot import SEEDS, import_lm_eval, load_tasks, results_table, run_tasks
+
+    specs = [t.strip() for t in tasks.split(",") if t.strip()]
+    if not specs:
+        raise UserError("--tasks needs at least one task name or task YAML file")
+    if limit is not None and limit < 1:
+        raise UserError(f"--limit {limit} must be at least 1")
+    if batch_size < 1:
+        raise UserError(f"--batch-size {batch_size} must be at least 1")
+    if bootstrap_iters < 0:
+        raise UserError(f"--bootstrap-iters {bootstrap_iters} must be at least 0")
+    import_lm_eval()
+    device = check_device(device)
+    loaded = load_tasks(specs, list(include_paths))  # unknown / unfetchable tasks: before the model loads
+    console = Console(file=sys.stderr)  # bound now: lm-eval's own stderr output is silenced during the run
+    path = Path(model_src).expanduser()
+    kind = "llm1bit quantized" if path.is_dir() and _is_llm1bit_folder(path) else "original"
+    with console.status(f"loading {model_src}"):
+        model, tokenizer = load_model(model_src)
+    result = run_tasks(
+        model.to(device),
+        tokenizer,
+        specs,
+        include_paths=list(include_paths),
+        limit=limit,
+        batch_size=batch_size,
+        bootstrap_iters=bootstrap_iters,
+        console=None if as_json else console,
+        loaded=loaded,
+    )
+    if as_json:
+        out = {
+            "model": str(model_src),
+            "model_kind": kind,
+            "tasks": specs,
+            "include_paths": list(include_paths),
+            "limit": limit,
+            "batch_size": batch_size,
+            "bootstrap_iters": bootstrap_iters,
+            "device": device,
+            "lm_eval_version": result.lm_eval_version,
+            "seed": SEEDS,
+            "seconds": round(result.seconds, 3),
+            "results": result.tasks,
+        }
+        click.echo(json.dumps(out))
+    else:
+        title = f"{model_src} ({kind}), zero-shot" + (f", --limit {limit}" if limit else "")
+        Console().print(results_table(result, title))
+        click.echo(f"lm-eval {result.lm_eval_version}, {result.seconds:.1f} s")
