@@ -270,13 +270,20 @@ def capture_layer_kwargs(
 def run_layer(
     layer: nn.Module, inputs: torch.Tensor, kwargs: dict[str, Any], out: torch.Tensor
 ) -> torch.Tensor:
-    """out[i] = layer(inputs[i]) for every sample, one at a time; returns `out`."""
+    """out[i] = layer(inputs[i]) for every sample, one at a time; returns `out`. Quantized linears keep
+    their dense weight for the duration (rebuilt once, not once per sample)."""
     import torch
 
-    with torch.no_grad():
-        for i in range(inputs.shape[0]):
-            result = layer(inputs[i : i + 1], **kwargs)
-            out[i] = (result[0] if isinstance(result, tuple) else result)[0]
+    from llm1bit.quant.linear import set_weight_cache
+
+    set_weight_cache(layer, True)
+    try:
+        with torch.no_grad():
+            for i in range(inputs.shape[0]):
+                result = layer(inputs[i : i + 1], **kwargs)
+                out[i] = (result[0] if isinstance(result, tuple) else result)[0]
+    finally:
+        set_weight_cache(layer, False)
     return out
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors import safe_open
+from transformers import AutoModelForCausalLM
 
 from llm1bit.atomic import atomic_dir
 from llm1bit.quant.calib import sample_windows, tokenize_file
@@ -86,6 +87,7 @@ def test_pack_unpack_codes_exact() -> None:
         QuantSpec(method="shiftaddllm", wbits=2, mode="acc", bcq_rounds=10),
         QuantSpec(method="gptq", wbits=3),
         QuantSpec(method="bcq", wbits=2, bcq_rounds=5),
+        QuantSpec(method="rtn", wbits=4),
     ],
     ids=lambda s: f"{s.method}-{s.mode}-{s.wbits}",
 )
@@ -119,6 +121,10 @@ def test_stories_round_trip(tmp_path: Path, tokens: torch.Tensor, spec: QuantSpe
     assert reloaded.lm_head.weight is reloaded.model.embed_tokens.weight
     assert tok2("Once upon a time")["input_ids"] == tokenizer("Once upon a time")["input_ids"]
     assert_same_model(model, reloaded, tokens[:256])
+    # transformers' own loader (llm1bit registered it on import) gives the same model
+    native = AutoModelForCausalLM.from_pretrained(out)
+    assert type(native) is type(model) and native.config.model_type == model.config.model_type
+    assert_same_model(model, native, tokens[:256])
     if spec.mode == "acc" and spec.method == "shiftaddllm":
         q = quant_linears(reloaded)["model.layers.0.self_attn.q_proj"].quantized
         assert q.incoherence is not None or not spec.incoherence
