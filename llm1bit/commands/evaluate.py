@@ -67,6 +67,13 @@ def default_data() -> Path:
     show_default=True,
     help="With --tasks: bootstrap resamples for the stderr of non-mean metrics (perplexity); 0: none.",
 )
+@click.option(
+    "--cache-weights/--lean",
+    default=True,
+    show_default=True,
+    help="Quantized models: rebuild each linear's dense weight once and keep it (fast; the memory of the FP "
+    "linears), or --lean: keep only the packed codes and rebuild each weight in every forward.",
+)
 @click.pass_context
 def evaluate(
     ctx: click.Context,
@@ -81,6 +88,7 @@ def evaluate(
     include_paths: tuple[str, ...],
     batch_size: int,
     bootstrap_iters: int,
+    cache_weights: bool,
 ) -> None:
     """Perplexity over non-overlapping windows: exp(mean over windows of the mean next-token loss).
 
@@ -100,12 +108,23 @@ def evaluate(
         if given & set(perplexity_only):
             flags = ", ".join("--" + n.replace("_", "-") for n in perplexity_only if n in given)
             raise UserError(f"{flags}: perplexity options, not used with --tasks")
-        return _zeroshot(model_src, tasks, limit, include_paths, batch_size, bootstrap_iters, device, as_json)
+        return _zeroshot(
+            model_src,
+            tasks,
+            limit,
+            include_paths,
+            batch_size,
+            bootstrap_iters,
+            device,
+            as_json,
+            cache_weights,
+        )
     if given & set(zeroshot_only):
         flags = ", ".join("--" + n.replace("_", "-") for n in zeroshot_only if n in given)
         raise UserError(f"{flags}: only used with --tasks")
 
     from llm1bit.quant.calib import tokenize_file
+    from llm1bit.quant.linear import set_weight_cache
     from llm1bit.quant.models import check_seqlen, load_model
     from llm1bit.quant.perplexity import perplexity
     from llm1bit.quant.pipeline import check_device
@@ -117,6 +136,7 @@ def evaluate(
         raise UserError(f"--max-windows {max_windows} must be at least 1")
     device = check_device(device)
     model, tokenizer = load_model(model_src)
+    set_weight_cache(model, cache_weights)
     check_seqlen(model, seqlen)
     ids = tokenize_file(data_path, tokenizer)
     result = perplexity(model.to(device), ids, seqlen, max_windows=max_windows, device=device)
@@ -141,9 +161,11 @@ def _zeroshot(
     bootstrap_iters: int,
     device: str,
     as_json: bool,
+    cache_weights: bool,
 ) -> None:
     from rich.console import Console
 
+    from llm1bit.quant.linear import set_weight_cache
     from llm1bit.quant.models import _is_llm1bit_folder, load_model
     from llm1bit.quant.pipeline import check_device
     from llm1bit.quant.zeroshot import SEEDS, import_lm_eval, load_tasks, results_table, run_tasks
@@ -165,6 +187,7 @@ def _zeroshot(
     kind = "llm1bit quantized" if path.is_dir() and _is_llm1bit_folder(path) else "original"
     with console.status(f"loading {model_src}"):
         model, tokenizer = load_model(model_src)
+    set_weight_cache(model, cache_weights)
     result = run_tasks(
         model.to(device),
         tokenizer,
