@@ -62,7 +62,12 @@ def analyse(
     """Criterion + measured errors (FP model), per-width fits, allocation, Kendall tau.
 
     cost "output": the ILP minimises the predicted reparameterization errors times each layer's measured
-    gain to the relative decoder-output error (`output_gains`); "weight": the predicted errors alone."""
+    gain to the relative decoder-output error (`output_gains`); "weight": the predicted errors alone.
+
+    Mixture-of-experts layers: every expert slice is its own layer (criterion and errors from its routed
+    tokens); slices on the pipeline's identity-Hessian fallback (too few routed tokens) are measured as the
+    pipeline quantizes them but left out of the fits and Kendall taus, and are predicted like unmeasured
+    layers from their (routed-Hessian) criterion."""
     from llm1bit.quant.allocation import (
         allocate,
         check_pins,
@@ -93,7 +98,8 @@ def analyse(
         output_windows=output_windows,
     )
     result = BitsResult(layers=layers, timings=timings)
-    measured = [layer for layer in layers if layer.errors]
+    fitted = [layer for layer in layers if not layer.fallback]  # fallback slices: not the Hessian quantizer
+    measured = [layer for layer in fitted if layer.errors]
     for b in candidates:
         result.fits[b] = fit_errors(
             [layer.criterion for layer in measured],
@@ -115,15 +121,15 @@ def analyse(
     if budget is not None:
         result.allocation = allocate(result.costs, budget, candidates, solver)
     if record_errors:
-        result.taus = kendall_taus(layers)
-        result.taus_per_param = kendall_taus(layers, per_param=True)
+        result.taus = kendall_taus(fitted)
+        result.taus_per_param = kendall_taus(fitted, per_param=True)
         predicted = {
             layer.name: {
                 b: float(fit.predict(layer.criterion, layer.params)) for b, fit in result.fits.items()
             }
             for layer in layers
         }
-        result.taus_refined = kendall_taus(layers, predicted=predicted)
+        result.taus_refined = kendall_taus(fitted, predicted=predicted)
         held_out: dict[str, dict[int, float]] = {layer.name: {} for layer in measured}
         for b in candidates:
             values = held_out_predictions(
@@ -185,6 +191,16 @@ def result_json(result: BitsResult, budget: float | None, settings: dict) -> dic
         }
         for layer in result.layers
     ]
+    experts = [layer for layer in result.layers if layer.tokens is not None]
+    if experts:
+        from llm1bit.quant.pipeline import FALLBACK
+
+        out["fallback"] = {
+            "rule": FALLBACK,
+            "modules": [layer.name for layer in experts if layer.fallback],
+            "note": "measured as quantize does (identity Hessian, error against the routed Hessian); "
+            "left out of the fits, gains and Kendall taus",
+        }
     out["timings"] = result.timings
     return out
 
@@ -454,6 +470,14 @@ def _print_summary(result: BitsResult, budget: float | None) -> None:
         click.echo(
             f"kendall tau, refined criterion vs measured reparameterization error over {n} layers: "
             + "; ".join(parts)
+        )
+    fallbacks = [layer.name for layer in layers if layer.fallback]
+    if fallbacks:
+        from llm1bit.quant.pipeline import FALLBACK
+
+        shown = ", ".join(fallbacks[:8]) + (f" and {len(fallbacks) - 8} more" if len(fallbacks) > 8 else "")
+        click.echo(
+            f"{len(fallbacks)} expert slices measured with the {FALLBACK} (left out of the fits): {shown}"
         )
     alloc = result.allocation
     if alloc is not None:

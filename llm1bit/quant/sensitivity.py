@@ -2,7 +2,11 @@
 
 `walk_fp_blocks` runs the calibration windows through the *unquantized* model layer by layer (the
 catcher and per-layer forwards of `llm1bit.quant.pipeline`, with no quantization in between) and
-yields every decoder layer with its linears' Hessians H = sum_s X_s^T X_s / n (float64).
+yields every decoder layer with its linears' Hessians H = sum_s X_s^T X_s / n (float64). Each layer runs
+with the keyword arguments the model passes to that very layer (`capture_layer_kwargs`: Gemma-2/3 global
+layers have other masks and rotary embeddings than the sliding ones). Mixture-of-experts layers list each
+expert slice of the fused experts weights (`model.layers.0.mlp.experts.down_proj.3`) as its own linear with
+the Hessian from the tokens routed to it, as the quantize pipeline does.
 
 `criterion` is the reference's score S_l = ||Z||_F * std(Z)^2 with Z = W / d (column j divided by
 d_j), d = diag(chol(H^-1) upper) after the GPTQ fix-up (dead inputs, 1 % damping), all in float64,
@@ -18,10 +22,17 @@ candidate width:
   stream, in units shared by all sublayers and blocks. The reparameterization error of a q_proj and of
   a down_proj are not comparable (on SmolLM2-135M its Kendall tau with the perplexity cost of the layer
   is 0.18); the output error's is 0.78. `output_gains` turns it into a per-layer factor.
-Both use the FP model's Hessians and inputs (not the sequentially quantized inputs of a real run)."""
+Both use the FP model's Hessians and inputs (not the sequentially quantized inputs of a real run).
+
+An expert slice with fewer routed tokens than inputs (`llm1bit.quant.experts.needs_fallback`) is measured
+the way the pipeline quantizes it: with the identity Hessian (`llm1bit.quant.pipeline.FALLBACK`), its error
+against the routed Hessian it did get. Its criterion is that of its routed Hessian (0 for an expert never
+routed to). `LayerSensitivity.fallback` marks it; the fits, gains and Kendall taus leave it out (its error
+is not the Hessian quantizer's that the criterion predicts) and the report lists it."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -48,7 +59,9 @@ class LinearInfo:
     block: int  # decoder layer index
     sublayer: str  # relative name inside the decoder layer, e.g. "self_attn.q_proj"
     weight: torch.Tensor  # (N, K) float32
-    hessian: torch.Tensor  # (K, K) float64, sum X^T X / n_samples
+    hessian: torch.Tensor  # (K, K) float64, sum X^T X / n_samples (expert slices: over their routed tokens)
+    tokens: int | None = None  # expert slices: calibration tokens routed to the expert
+    fallback: bool = False  # expert slices: too few tokens, quantized with the identity Hessian (FALLBACK)
 
 
 @dataclass
@@ -60,6 +73,8 @@ class LayerSensitivity:
     criterion: float
     errors: dict[int, float] = field(default_factory=dict)  # bits -> reparameterization error (solver loss)
     output_errors: dict[int, float] = field(default_factory=dict)  # bits -> `output_error` (when measured)
+    tokens: int | None = None  # expert slices: calibration tokens routed to the expert
+    fallback: bool = False  # expert slices measured with the identity Hessian (pipeline FALLBACK)
 
     @property
     def params(self) -> int:
@@ -75,6 +90,7 @@ class LayerSensitivity:
             "criterion": self.criterion,
             "measured_errors": {str(b): e for b, e in sorted(self.errors.items())},
             "output_errors": {str(b): e for b, e in sorted(self.output_errors.items())},
+            **({"tokens": self.tokens, "fallback": self.fallback} if self.tokens is not None else {}),
         }
 
 
@@ -116,35 +132,78 @@ class BlockInfo:
 def walk_fp_blocks(model: nn.Module, windows: torch.Tensor, device: str = "cpu") -> Iterator[BlockInfo]:
     """Every decoder layer of the FP model in order, with its linears' Hessians from `windows` (n, seqlen).
 
-    One forward per decoder layer gives both the Hessians (hooks) and the next layer's inputs. The
-    yielded block is valid until the next step (its buffers are then reused)."""
+    One forward per decoder layer gives both the Hessians (hooks) and the next layer's inputs; each layer
+    gets its own keyword arguments, and expert slices their routed-token Hessians (as in the pipeline).
+    The yielded block is valid until the next step (its buffers are then reused)."""
     import torch
 
+    from llm1bit.quant.experts import expert_weights, needs_fallback
     from llm1bit.quant.models import find_decoder_stack
-    from llm1bit.quant.pipeline import capture_inputs, check_device, layer_hessians
+    from llm1bit.quant.pipeline import capture_inputs, capture_layer_kwargs, check_device, layer_hessians
 
     device = check_device(device)
     stack = find_decoder_stack(model)
     model.eval()
-    inputs, kwargs = capture_inputs(model, stack, windows, device)
+    inputs, _ = capture_inputs(model, stack, windows, device)
+    layer_kwargs = capture_layer_kwargs(model, stack, windows[0], device)
     outputs = torch.empty_like(inputs)
     for index, layer in enumerate(stack.layers):
         layer.to(device)
-        linears = {rel: layer.get_submodule(rel) for rel in stack.linears}
-        hessians = layer_hessians(layer, linears, inputs, kwargs, outputs)
-        infos = [
-            LinearInfo(
-                name=f"{stack.layer_name(index)}.{rel}",
-                block=index,
-                sublayer=rel,
-                weight=linear.weight.detach().to("cpu", torch.float32),
-                hessian=hessians.pop(rel).cpu(),
+        kwargs = layer_kwargs[index]
+        experts = {rel: layer.get_submodule(rel) for rel in stack.layer_experts(index)}
+        slices = {
+            f"{rel}.{name}": weight
+            for rel, module in experts.items()
+            for name, weight in expert_weights(module).items()
+        }
+        rels = stack.layer_linears(index)
+        dense = {rel: layer.get_submodule(rel) for rel in rels if rel not in slices}
+        tokens: dict[str, int] = {}
+        hessians = layer_hessians(layer, dense, inputs, kwargs, outputs, experts, tokens)
+        infos = []
+        for rel in rels:
+            if rel in slices:  # a copy: output_error swaps the fused tensor, never this view
+                weight = slices[rel].detach().to("cpu", torch.float32, copy=True)
+            else:
+                weight = dense[rel].weight.detach().to("cpu", torch.float32)
+            count = tokens.get(rel)
+            infos.append(
+                LinearInfo(
+                    name=f"{stack.layer_name(index)}.{rel}",
+                    block=index,
+                    sublayer=rel,
+                    weight=weight,
+                    hessian=hessians.pop(rel).cpu(),
+                    tokens=count,
+                    fallback=count is not None and needs_fallback(count, weight.shape[1]),
+                )
             )
-            for rel, linear in linears.items()
-        ]
         yield BlockInfo(index, layer, inputs, outputs, kwargs, infos)
         inputs, outputs = outputs, inputs
         layer.to("cpu")
+
+
+@contextlib.contextmanager
+def swapped_weight(layer: nn.Module, sublayer: str, weight: torch.Tensor) -> Iterator[None]:
+    """`sublayer` of `layer` computes with `weight` inside the block: a linear's weight, or one expert's
+    slice of a fused experts tensor ("mlp.experts.down_proj.3"; the fused tensor is swapped for a copy
+    with that slice replaced, the original is never written to)."""
+    head, _, tail = sublayer.rpartition(".")
+    if tail.isdigit():  # expert slice: <experts module>.<fused parameter>.<expert>
+        module_name, _, param_name = head.rpartition(".")
+        param = getattr(layer.get_submodule(module_name), param_name)
+        original = param.data
+        replaced = original.clone()
+        replaced[int(tail)] = weight.to(original.device, original.dtype)
+    else:
+        param = layer.get_submodule(sublayer).weight
+        original = param.data
+        replaced = weight.to(original.device, original.dtype)
+    param.data = replaced
+    try:
+        yield
+    finally:
+        param.data = original
 
 
 def output_error(block: BlockInfo, sublayer: str, weight: torch.Tensor, windows: int | None = None) -> float:
@@ -162,13 +221,8 @@ def output_error(block: BlockInfo, sublayer: str, weight: torch.Tensor, windows:
     from llm1bit.quant.pipeline import run_layer
 
     m = block.inputs.shape[0] if windows is None else max(1, min(windows, block.inputs.shape[0]))
-    linear = block.layer.get_submodule(sublayer)
-    original = linear.weight.data
-    linear.weight.data = weight.to(original.device, original.dtype)
-    try:
+    with swapped_weight(block.layer, sublayer, weight):
         out = run_layer(block.layer, block.inputs[:m], block.kwargs, torch.empty_like(block.inputs[:m]))
-    finally:
-        linear.weight.data = original
     reference = block.outputs[:m].to(torch.float64)
     diff = (out.to(torch.float64) - reference).square().sum(-1)
     norm = reference.square().sum(-1).clamp_min(torch.finfo(torch.float64).tiny)
@@ -184,6 +238,21 @@ def quantize_layer(weight, hessian, spec: QuantSpec):
 
     with torch.no_grad():
         return quantize_weight(weight, hessian.to(torch.float32), spec)
+
+
+def quantize_info(info: LinearInfo, spec: QuantSpec):
+    """`quantize_layer` of one linear as the pipeline quantizes it: an expert slice on the fallback with the
+    identity Hessian, its .error then 1/2 tr(E H E^T) against the routed Hessian it did get."""
+    if not info.fallback:
+        return quantize_layer(info.weight, info.hessian, spec)
+    import dataclasses
+
+    import torch
+
+    from llm1bit.quant.pipeline import _error
+
+    quantized = quantize_layer(info.weight, torch.eye(info.weight.shape[1], dtype=torch.float64), spec)
+    return dataclasses.replace(quantized, error=_error(info.weight, quantized, info.hessian))
 
 
 def measure_layers(
@@ -216,6 +285,8 @@ def measure_layers(
                 info.sublayer,
                 tuple(info.weight.shape),
                 criterion(info.weight, info.hessian),
+                tokens=info.tokens,
+                fallback=info.fallback,
             )
             t1 = time.perf_counter()
             timings["criterion_seconds"] += t1 - t0
@@ -224,7 +295,7 @@ def measure_layers(
                 if progress:
                     progress(f"measuring {info.name}")
                 for b, s in specs.items():
-                    quantized = quantize_layer(info.weight, info.hessian, s.for_module(info.name))
+                    quantized = quantize_info(info, s.for_module(info.name))
                     layer.errors[b] = float(quantized.error)
                     if output:
                         t2 = time.perf_counter()
@@ -244,9 +315,12 @@ def output_gains(layers: Sequence[LayerSensitivity]) -> list[float]:
     """Each layer's gain from reparameterization error to relative decoder-output error: the geometric mean
     over its measured widths of output_error / error. A layer measured without output errors takes the
     log-linear interpolation over blocks of the measured layers of its sublayer (their geometric mean when
-    none), so a `--fit-layers` subset still gives every layer a gain. All 1.0 when nothing has output errors."""
+    none), so a `--fit-layers` subset still gives every layer a gain. All 1.0 when nothing has output errors.
+    Expert slices on the fallback count as unmeasured (their error is not the Hessian quantizer's)."""
     logs: dict[int, float] = {}
     for i, layer in enumerate(layers):
+        if layer.fallback:
+            continue
         ratios = [
             math.log(max(layer.output_errors[b], TINY) / max(layer.errors[b], TINY))
             for b in layer.output_errors
