@@ -154,6 +154,7 @@ def run_quantize(
     shutil.rmtree(cache, ignore_errors=True)
     packed = sum(m["nbytes"] for m in qconfig["modules"].values())
     linear_fp16 = sum(2 * m["shape"][0] * m["shape"][1] for m in qconfig["modules"].values())
+    bpw = bits_per_weight(out / "model.safetensors", qconfig["modules"])
     console.print(summary_table(report))
     console.print(
         f"time: {report.total_seconds:.1f} s (forward passes {report.forward_seconds:.1f} s, "
@@ -163,10 +164,36 @@ def run_quantize(
     console.print(
         f"size: model.safetensors {disk / 2**20:.2f} MiB vs {total_fp16 / 2**20:.2f} MiB in FP16 "
         f"({disk / total_fp16:.1%}); quantized linears {packed / 2**20:.2f} MiB packed vs "
-        f"{linear_fp16 / 2**20:.2f} MiB in FP16 ({packed / linear_fp16:.1%})",
+        f"{linear_fp16 / 2**20:.2f} MiB in FP16 ({packed / linear_fp16:.1%}); "
+        f"{bpw['total']:.4f} bits per weight"
+        + (
+            f" ({bpw['without_incoherence']:.4f} without the acc rotations' keys and rescales)"
+            if bpw["incoherence"]
+            else ""
+        ),
         soft_wrap=True,
     )
     click.echo(f"wrote {out}")
+
+
+def bits_per_weight(weights: Path, modules: dict) -> dict[str, float]:
+    """Bits per weight over all quantized modules, from the file: every tensor stored under a module's name
+    (codes, scales, incoherence key and rescale; not its bias) x 8 / its weights."""
+    from llm1bit.layer_bits import safetensors_header
+
+    header = safetensors_header(weights)
+    n_weights = sum(m["shape"][0] * m["shape"][1] for m in modules.values())
+    total = incoherence = 0
+    for key, (_, _, nbytes) in header.items():
+        owner, _, suffix = key.rpartition(".")
+        if owner in modules and suffix != "bias":
+            total += nbytes
+            incoherence += nbytes if suffix.startswith("incoherence") else 0
+    return {
+        "total": 8 * total / n_weights,
+        "incoherence": 8 * incoherence / n_weights,
+        "without_incoherence": 8 * (total - incoherence) / n_weights,
+    }
 
 
 def resume_folder(out: Path, model_src: str, spec, windows, layer_bits: dict[str, int] | None) -> Path:
