@@ -5,7 +5,17 @@ decoder block of the workload. A quantized folder also says what its layers weig
 tensor stored under `<module name>.` in `model.safetensors` (codes, scales, exponents, rescales;
 the bias is not part of the GEMM and is left out), so the simulated weight bytes per decode step are
 the checkpoint's own. The safetensors header (8-byte little-endian length, then JSON) is read without
-loading any tensor, so the simulation side needs neither torch nor safetensors."""
+loading any tensor, so the simulation side needs neither torch nor safetensors.
+
+Mixture-of-experts blocks (Mixtral, Qwen2-MoE, Qwen3-MoE) name each expert's slice of the fused experts
+weights (`model.layers.0.mlp.experts.gate_up_proj.3`, `...down_proj.3`), Qwen2-MoE's shared expert
+(`mlp.shared_expert.*`) and the router (`mlp.gate`, and `mlp.shared_expert_gate`), which `llm1bit quantize`
+keeps at its precision, so naming it here is refused. The workload prices distinct experts under uniform
+routing, not specific ones, so a layer's expert projections take the mean over its experts of their bits
+per weight (measured, or the format's for a bits config) and of their code widths; every expert of a
+layer must be given (a bits config may name the group, `...mlp.experts.down_proj` or `...mlp.experts`).
+A fused `gate_up_proj` slice gives both the workload's `expert.gate_proj` and `expert.up_proj` its bits
+per weight. Gemma-3's multimodal wrapper names its language model's blocks `model.language_model.layers.N`."""
 
 from __future__ import annotations
 
@@ -16,10 +26,10 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-from llm1bit.errors import UserError
+from llm1bit.errors import UserError, warn
 from llm1bit.hf_config import spec_from_hf_config
-from llm1bit.models import ModelSpec
-from llm1bit.precision import check_bits, check_format, default_format
+from llm1bit.models import FFN, ModelSpec
+from llm1bit.precision import bits_moved, check_bits, check_format, default_format
 
 # workload projection name -> Hugging Face module path inside a decoder block, per family
 HF_NAMES = {
@@ -48,8 +58,21 @@ HF_NAMES["phi3"] = {
     "gate_up_proj": "mlp.gate_up_proj",
     "down_proj": "mlp.down_proj",
 }
-BLOCK_PREFIX = {"llama": "model.layers.{}.", "gemma": "model.layers.{}.", "phi3": "model.layers.{}.",
-                "opt": "model.decoder.layers.{}."}  # fmt: skip
+# Hugging Face prefixes of decoder block i, per family (Gemma-3's multimodal wrapper: model.language_model)
+BLOCK_PREFIXES = {"llama": ("model.layers.{}.",), "gemma": ("model.layers.{}.", "model.language_model.layers.{}."),
+                  "phi3": ("model.layers.{}.",), "opt": ("model.decoder.layers.{}.",)}  # fmt: skip
+# MoE blocks: each expert's slice of a fused experts parameter -> the workload's expert projections
+EXPERT_SLICES = {
+    "mlp.experts.gate_up_proj": ("expert.gate_proj", "expert.up_proj"),  # gate rows, then up rows
+    "mlp.experts.down_proj": ("expert.down_proj",),
+}
+# Qwen2-MoE's shared expert: Hugging Face module -> workload projection
+SHARED_EXPERT_NAMES = {
+    f"mlp.shared_expert.{p}": f"shared_expert.{p}" for p in ("gate_proj", "up_proj", "down_proj")
+}
+# routing, kept at its precision by `llm1bit quantize`: Hugging Face module -> workload projection
+ROUTER_NAMES = {"mlp.gate": "router", "mlp.shared_expert_gate": "shared_expert_gate"}
+_SLICE = "expert slice"  # module_names' marker for expert slices: (block, "expert slice", fused, expert)
 
 
 @dataclass(frozen=True)
@@ -61,8 +84,7 @@ class ProjBits:
     bits_moved: float | None = None
 
 
-def module_names(model: ModelSpec) -> dict[str, tuple[int, str]]:
-    """Hugging Face module name -> (block index, workload projection name)."""
+def _check_family(model: ModelSpec) -> None:
     if model.source == "paper":
         raise UserError(
             f"per-layer bits name Hugging Face modules, so they go with a model given as a config / folder, "
@@ -70,32 +92,129 @@ def module_names(model: ModelSpec) -> dict[str, tuple[int, str]]:
         )
     if model.family not in HF_NAMES:
         raise UserError(
-            f"per-layer bits: {model.family} models are not supported (supported: llama family, opt)"
+            f"per-layer bits: {model.family} models are not supported (supported: llama family incl. "
+            "Mixtral / Qwen-MoE, gemma, phi3, opt)"
         )
-    from llm1bit.workload import projection_shapes
 
-    names, present = HF_NAMES[model.family], projection_shapes(model)
-    prefix = BLOCK_PREFIX[model.family]
+
+def _names(model: ModelSpec) -> dict[str, tuple]:
+    """Hugging Face module name -> (block, workload projection), or (block, _SLICE, fused name, expert) for
+    an expert slice; routers are listed with their projection (ROUTER_NAMES) to be refused by name."""
+    _check_family(model)
+    from llm1bit.workload import block_projections
+
+    kinds = {p.name: p.kind for p in block_projections(model)}
+    always = {p.name for p in model.moe.always} if model.moe else set()
+    out: dict[str, tuple] = {}
+    for i in range(model.n_layers):
+        sparse = bool(model.moe and model.moe.layers[i])
+        rel: dict[str, tuple] = {
+            hf: (i, proj)
+            for proj, hf in HF_NAMES[model.family].items()
+            if proj in kinds and not (sparse and kinds[proj] == FFN)
+        }
+        if sparse:
+            rel.update({hf: (i, proj) for hf, proj in SHARED_EXPERT_NAMES.items() if proj in always})
+            rel.update({hf: (i, proj) for hf, proj in ROUTER_NAMES.items() if proj in always})
+            for fused in EXPERT_SLICES:
+                rel.update({f"{fused}.{e}": (i, _SLICE, fused, e) for e in range(model.moe.experts)})
+        for prefix in BLOCK_PREFIXES[model.family]:
+            out.update({prefix.format(i) + name: where for name, where in rel.items()})
+    return out
+
+
+def module_names(model: ModelSpec) -> dict[str, tuple[int, str]]:
+    """Hugging Face module name -> (block index, workload projection name); an expert slice
+    (`...mlp.experts.gate_up_proj.3`) -> its first workload projection (`expert.gate_proj`)."""
     return {
-        prefix.format(i) + hf: (i, proj)
-        for i in range(model.n_layers)
-        for proj, hf in names.items()
-        if proj in present
+        name: (where[0], EXPERT_SLICES[where[2]][0]) if where[1] == _SLICE else where
+        for name, where in _names(model).items()
     }
 
 
+def _slice_shapes(model: ModelSpec) -> dict[str, tuple[int, int]]:
+    """[out, in] of each fused experts parameter's per-expert slice."""
+    shapes = {p.name: (p.n, p.k) for p in model.moe.expert}
+    (ff, d), (d_out, ff_in) = shapes["expert.gate_proj"], shapes["expert.down_proj"]
+    return {"mlp.experts.gate_up_proj": (2 * ff, d), "mlp.experts.down_proj": (d_out, ff_in)}
+
+
+def _shapes(model: ModelSpec) -> dict[str, tuple[int, int]]:
+    """[out, in] of every workload projection (MoE ones included), as nn.Linear stores it."""
+    from llm1bit.workload import block_projections
+
+    projs = list(block_projections(model)) + (list(model.moe.expert + model.moe.always) if model.moe else [])
+    return {p.name: (p.n, p.k) for p in projs}
+
+
+def _expert_mean(per: dict[int, ProjBits], shape: tuple[int, int], where: str) -> ProjBits:
+    """The experts of one fused parameter of one layer as one ProjBits: mean code width and mean bits moved
+    per weight (measured, else the format's at the slice's shape); one format for all of them."""
+    formats = sorted({pb.fmt for pb in per.values()})
+    if len(formats) > 1:
+        raise UserError(
+            f"{where}: its experts are in formats {' and '.join(formats)}; the workload prices one format "
+            "per expert projection (give its experts widths of one format)"
+        )
+    moved = [
+        pb.bits_moved if pb.bits_moved is not None else bits_moved(pb.fmt, pb.bits, *shape)
+        for pb in per.values()
+    ]
+    return ProjBits(sum(pb.bits for pb in per.values()) / len(per), formats[0], sum(moved) / len(moved))
+
+
 def _attach(model: ModelSpec, per_module: dict[str, ProjBits], what: str) -> ModelSpec:
+    names = _names(model)
     known = module_names(model)
+    # group names standing for several expert slices: <prefix>mlp.experts.<fused> and <prefix>mlp.experts
+    groups: dict[str, list[str]] = {}
+    for name, where in names.items():
+        if where[1] == _SLICE:
+            head = name.rpartition(".")[0]
+            groups.setdefault(head, []).append(name)
+            groups.setdefault(head.rpartition(".")[0], []).append(name)
     blocks: list[dict[str, ProjBits]] = [{} for _ in range(model.n_layers)]
-    for name, pb in per_module.items():
-        if name not in known:
+    experts: dict[tuple[int, str, str], dict[int, ProjBits]] = {}
+    # groups first, so an expert slice named as well overrides its group (as `quantize --bits-config`)
+    for name, pb in sorted(per_module.items(), key=lambda item: item[0] not in groups):
+        if name not in names and name not in groups:
             close = difflib.get_close_matches(name, list(known), n=2, cutoff=0.6)
             hint = f" (did you mean {' or '.join(close)}?)" if close else ""
             raise UserError(
                 f"{what} names module {name!r}, which {model.name} does not have{hint}; e.g. {next(iter(known))}"
             )
-        block, proj = known[name]
-        blocks[block][proj] = pb
+        for target in groups.get(name, [name]):
+            where = names[target]
+            if where[1] == _SLICE:
+                head = target[: -len(f"{where[2]}.{where[3]}")]
+                experts.setdefault((where[0], head, where[2]), {})[where[3]] = pb
+            elif where[1] in ROUTER_NAMES.values():
+                raise UserError(
+                    f"{what} gives bits to {target}, a router: it keeps its precision (llm1bit quantize "
+                    "does not quantize it)"
+                )
+            else:
+                blocks[where[0]][where[1]] = pb
+    differ = []
+    for (block, head, fused), per in experts.items():
+        where = f"{what}: {head}{fused}"
+        if len(per) != model.moe.experts:
+            raise UserError(
+                f"{where}: {len(per)} of its {model.moe.experts} experts have their own bits; the workload "
+                f"models distinct experts, not specific ones, so give every expert (or the group {head}{fused})"
+            )
+        mean = _expert_mean(per, _slice_shapes(model)[fused], where)
+        if len({(pb.bits, pb.bits_moved) for pb in per.values()}) > 1:
+            differ.append(f"{head}{fused} {mean.bits_moved:.4g}")
+        for proj in EXPERT_SLICES[fused]:
+            blocks[block][proj] = mean
+    if differ:
+        warn(
+            f"{what}: experts differ in bits; each layer's expert projections take the mean over its experts "
+            f"of their bits per weight (the workload models distinct experts, not specific ones): "
+            + ", ".join(differ[:4])
+            + (f" and {len(differ) - 4} more" if len(differ) > 4 else "")
+        )
     proj_bits = tuple(tuple(sorted(b.items())) for b in blocks)
     return dataclasses.replace(model, proj_bits=proj_bits)
 
@@ -197,7 +316,8 @@ def load_quantized_model(folder: str | Path) -> ModelSpec:
         raise UserError(f"--quantized {folder}: quantization_config has no modules")
     model = spec_from_hf_config(config, config_path, name=folder.name)
     sizes = safetensors_sizes(folder / "model.safetensors")
-    known = module_names(model)
+    names = _names(model)
+    shapes = _shapes(model)
     out = {}
     for name, meta in modules.items():
         try:
@@ -209,19 +329,12 @@ def load_quantized_model(folder: str | Path) -> ModelSpec:
         stored = sum(size for t, size in sizes.items() if t.startswith(name + ".") and t != name + ".bias")
         if not stored:
             raise UserError(f"--quantized {folder}: model.safetensors holds no packed tensors for {name}")
-        if name in known:
-            block, proj = known[name]
-            want = _projection_shape(model, proj)
+        where = names.get(name)
+        if where is not None:
+            want = _slice_shapes(model)[where[2]] if where[1] == _SLICE else shapes[where[1]]
             if (n, k) != want:
                 raise UserError(
                     f"--quantized {folder}: {name} has shape {[n, k]}, the config implies {list(want)}"
                 )
         out[name] = ProjBits(bits, _format_of(meta, qc.get("method"), qc.get("mode")), 8 * stored / (n * k))
     return _attach(model, out, f"--quantized {folder}")
-
-
-def _projection_shape(model: ModelSpec, proj: str) -> tuple[int, int]:
-    """[out, in] of a projection, as nn.Linear stores it."""
-    from llm1bit.workload import projection_shapes
-
-    return projection_shapes(model)[proj]
