@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from llm1bit.quant.checkpoint import load_quantized, save_quantized
 from llm1bit.quant.config import QuantSpec
@@ -102,3 +103,4 @@ def test_quantize_and_reload(kind, spec, tmp_path) -> None:
     save_quantized(model, None, tmp_path, spec.validate().to_dict())
     with torch.no_grad():
         assert torch.equal(load_quantized(tmp_path)(input_ids=ids).logits, logits)
+        assert torch.equal(AutoModelForCausalLM.from_pretrained(tmp_path)(input_ids=ids).logits, logits)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import AutoModelForCausalLM
 
 from llm1bit.errors import UserError
 from llm1bit.quant.checkpoint import load_quantized, save_quantized
@@ -199,9 +200,7 @@ def test_quantize_moe_end_to_end(kind, spec, tmp_path) -> None:
     text = console.export_text()
     assert "tokens/expert" in text and "model.layers.0.mlp.experts.down_proj.3" in text
 
-    # save -> reload: the same logits, bit for bit
-    if not hasattr(QuantLinear, "shell"):  # the loader's shell API (checkpoint.build_shells) not landed yet
-        pytest.skip("checkpoint.load_quantized does not rebuild QuantExperts yet")
+    # save -> reload (llm1bit's loader and transformers'): the same logits, bit for bit
     ids = windows(2, 16)
     with torch.no_grad():
         logits = model(input_ids=ids).logits
@@ -217,6 +216,10 @@ def test_quantize_moe_end_to_end(kind, spec, tmp_path) -> None:
     assert find_decoder_stack(reloaded).module_names() == find_decoder_stack(tiny(kind)).module_names()
     with torch.no_grad():
         assert torch.equal(reloaded(input_ids=ids).logits, logits)
+    native = AutoModelForCausalLM.from_pretrained(tmp_path)
+    assert isinstance(native.model.layers[0].mlp.experts, QuantExperts)
+    with torch.no_grad():
+        assert torch.equal(native(input_ids=ids).logits, logits)
 
 
 def test_too_few_tokens_everywhere_falls_back() -> None:
