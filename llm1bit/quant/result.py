@@ -56,11 +56,11 @@ class UniformCodes:
         return scale * (self.qweight.float() - zero)
 
 
-# Rotation procedures of acc-mode incoherence (llm1bit.quant.incoherence documents both).
-LEGACY_BUTTERFLY = (
-    1  # numpy default_rng butterflies keyed by (seed, N, K): folders of format versions 1 and 2
-)
-PHILOX_HADAMARD = 2  # Philox raw bits -> signed Hadamard stages, keyed per module: format version 3
+# Rotation procedures of acc-mode incoherence (llm1bit.quant.incoherence documents both):
+# 1 = numpy default_rng butterflies keyed by (seed, N, K), folders of format versions 1 and 2;
+# 2 = Philox raw bits -> signed Hadamard stages keyed per module (seed, name), format version 3.
+LEGACY_BUTTERFLY = 1
+PHILOX_HADAMARD = 2
 
 
 @dataclass
