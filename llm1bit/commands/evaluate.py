@@ -4,7 +4,6 @@ or (`--tasks`) zero-shot accuracy through lm-evaluation-harness."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -27,12 +26,14 @@ Examples:
 
 def default_data() -> Path:
     """WikiText-2 test (GPTQ join) under $LLM1BIT_DATA, ./shared/data or ../shared/data."""
-    roots = [Path(os.environ["LLM1BIT_DATA"])] if os.environ.get("LLM1BIT_DATA") else []
-    roots += [Path("shared") / "data", Path("..") / "shared" / "data"]
-    for root in roots:
-        if (root / DEFAULT_DATA).is_file():
-            return root / DEFAULT_DATA
-    raise UserError(f"no --data FILE given and no {DEFAULT_DATA} found under $LLM1BIT_DATA or ../shared/data")
+    from llm1bit.quant.calib import shared_data_file
+
+    try:
+        return shared_data_file(DEFAULT_DATA)
+    except UserError:
+        raise UserError(
+            f"no --data FILE given and no {DEFAULT_DATA} found under $LLM1BIT_DATA or ../shared/data"
+        ) from None
 
 
 @click.command(name="eval", epilog=EPILOG)

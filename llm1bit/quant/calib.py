@@ -18,6 +18,21 @@ if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
 
+def shared_data_file(name: str | os.PathLike, what: str = "data file") -> Path:
+    """`name` as given if it exists, else under $LLM1BIT_DATA, ./shared/data or ../shared/data."""
+    path = Path(name).expanduser()
+    if path.is_absolute() or path.is_file():
+        if not path.is_file():
+            raise UserError(f"{what} {path} does not exist")
+        return path
+    roots = [Path(os.environ["LLM1BIT_DATA"])] if os.environ.get("LLM1BIT_DATA") else []
+    roots += [Path("shared") / "data", Path("..") / "shared" / "data"]
+    for root in roots:
+        if (root / path).is_file():
+            return root / path
+    raise UserError(f"{what} {path} not found under $LLM1BIT_DATA, ./shared/data or ../shared/data")
+
+
 def read_text(path: str | os.PathLike) -> str:
     """The file's text; a one-line error when it is missing or empty."""
     path = Path(path)

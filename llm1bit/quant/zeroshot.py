@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from llm1bit.errors import UserError
+from llm1bit.quant.calib import shared_data_file
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -37,21 +38,6 @@ SEEDS = {"random_seed": 0, "numpy_random_seed": 1234, "torch_random_seed": 1234,
 
 
 # --------------------------------------------------------------------------- the local task's docs
-
-
-def shared_data_file(name: str | os.PathLike) -> Path:
-    """`name` as given if it exists, else under $LLM1BIT_DATA, ./shared/data or ../shared/data."""
-    path = Path(name).expanduser()
-    if path.is_absolute() or path.is_file():
-        if not path.is_file():
-            raise UserError(f"task data file {path} does not exist")
-        return path
-    roots = [Path(os.environ["LLM1BIT_DATA"])] if os.environ.get("LLM1BIT_DATA") else []
-    roots += [Path("shared") / "data", Path("..") / "shared" / "data"]
-    for root in roots:
-        if (root / path).is_file():
-            return root / path
-    raise UserError(f"task data file {path} not found under $LLM1BIT_DATA, ./shared/data or ../shared/data")
 
 
 def lastword_docs(text: str) -> list[dict]:
@@ -81,7 +67,7 @@ def lastword_dataset(text_file: str = "tinystories/valid-head.txt", **_metadata)
     """lm-eval `custom_dataset` hook of tinystories_lastword: a DatasetDict with one `test` split."""
     import datasets
 
-    path = shared_data_file(text_file)
+    path = shared_data_file(text_file, "task data file")
     docs = lastword_docs(path.read_text(encoding="utf-8"))
     if not docs:
         raise UserError(f"task data file {path} has no sentence-final words to predict")

@@ -25,3 +25,12 @@ def layer_256():
 @pytest.fixture(scope="session")
 def make_layer():
     return realistic_layer
+
+
+@pytest.fixture
+def one_thread():
+    """Tiny models: torch's thread pool only spins, which costs seconds on a busy 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -31,12 +31,7 @@ from llm1bit.quant.sensitivity import criterion, walk_fp_blocks
 SPEC = QuantSpec(method="shiftaddllm", mode="lat", bcq_rounds=3, seed=0)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/quant/conftest.py
 
 
 def test_gemma2_walk_uses_each_layers_kwargs() -> None:

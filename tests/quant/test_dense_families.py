@@ -17,12 +17,7 @@ from llm1bit.quant.pipeline import capture_inputs, capture_layer_kwargs, quantiz
 VOCAB, SEQLEN = 96, 24
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/quant/conftest.py
 
 
 def tiny(kind: str):

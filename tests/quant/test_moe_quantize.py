@@ -20,13 +20,7 @@ from llm1bit.quant.uniform import rtn
 VOCAB, SEQLEN, NSAMPLES, TOP_K = 96, 32, 8, 2
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: torch's thread pool only spins, which costs seconds on a busy 2-core machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/quant/conftest.py
 
 
 def tiny(kind: str):
