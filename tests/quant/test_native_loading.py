@@ -124,3 +124,23 @@ def test_dtype_casts_keep_scales_exact(folder: Path) -> None:
     q = quant_linears(native)["model.layers.0.self_attn.q_proj"]
     assert q.scale.dtype == torch.float32 and torch.equal(q.quantized.dequantize(), before)
     assert isinstance(q, QuantLinear)
+
+
+def test_format_2_config_still_loads_with_both_loaders(folder: Path, tmp_path: Path) -> None:
+    """A folder written before format 3 (original model_type, no llm1bit_base_model_type) loads natively
+    through the registered quant_method, and with load_quantized, to the same model."""
+    import shutil
+
+    old = tmp_path / "v2"
+    shutil.copytree(folder, old)
+    config = json.loads((old / "config.json").read_text())
+    config["model_type"] = config.pop("llm1bit_base_model_type")
+    config["quantization_config"]["format_version"] = 2
+    (old / "config.json").write_text(json.dumps(config))
+    x = torch.arange(1, 30)[None]
+    with torch.no_grad():
+        want = load_quantized(folder)(x).logits
+        native = AutoModelForCausalLM.from_pretrained(old)
+        assert isinstance(native.model.layers[0].self_attn.q_proj, QuantLinear)
+        assert torch.equal(native(x).logits, want)
+        assert torch.equal(load_quantized(old)(x).logits, want)
