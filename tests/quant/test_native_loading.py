@@ -144,3 +144,11 @@ def test_format_2_config_still_loads_with_both_loaders(folder: Path, tmp_path: P
         assert isinstance(native.model.layers[0].self_attn.q_proj, QuantLinear)
         assert torch.equal(native(x).logits, want)
         assert torch.equal(load_quantized(old)(x).logits, want)
+
+
+def test_save_pretrained_of_a_loaded_model_is_refused(folder: Path, tmp_path: Path) -> None:
+    """Re-saving through transformers would drop the model_type guard: folders are written by quantize."""
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    with pytest.raises(ValueError, match="not serializable"):
+        model.save_pretrained(tmp_path / "again")
+    assert not (tmp_path / "again").exists()
