@@ -70,7 +70,7 @@ def _target(path: Path) -> Path:
 
 
 def check_output(path: str | os.PathLike) -> None:
-    """Refuse an output path up front (before any long work): what `write_output` would refuse."""
+    """Refuse an output path up front (before any long work): what `atomic_write_bytes` would refuse."""
     if not is_stdout(path):
         _target(Path(path))
 

@@ -52,9 +52,6 @@ class EnergyTable:
     dram_per_byte: float
     sha256: str
 
-    def op(self, name: str) -> float:
-        return dict(self.ops)[name]
-
     def to_dict(self) -> dict:
         return {"name": self.name, "sha256": self.sha256, "source": self.source}
 
@@ -182,4 +179,5 @@ def attention_ops(act_bits: float, kv_bits: float, m: int, n: int, k: int) -> di
 
 
 def ops_energy_pj(ops: dict[str, float], table: EnergyTable) -> float:
-    return sum(count * table.op(name) for name, count in ops.items())
+    unit = dict(table.ops)
+    return sum(count * unit[name] for name, count in ops.items())

@@ -32,11 +32,10 @@ Progress = Callable[[int, int], None]
 
 @dataclass
 class RunReport:
-    """What one evaluation did with the real simulator: runs found in the store, run now, rejected entries."""
+    """What one evaluation did with the real simulator: runs found in the store, run now."""
 
     stored: int = 0
     simulated: int = 0
-    rejected: int = 0
 
     def summary(self) -> str:
         if not self.stored and not self.simulated:
@@ -111,15 +110,17 @@ def evaluate(
     fingerprints: dict[Hardware, str] = {}
     keys: dict[Pair, str] = {}
     for (_, hw), piece_list in plans.items():
-        fp = fingerprints.setdefault(hw, hw.fingerprint())
+        if hw not in fingerprints:
+            fingerprints[hw] = hw.fingerprint()
+        fp = fingerprints[hw]
         for piece in piece_list:
-            keys.setdefault((piece.shape, hw), piece_key(piece.shape, fp))
+            if (piece.shape, hw) not in keys:
+                keys[(piece.shape, hw)] = piece_key(piece.shape, fp)
     runs = {key: pair for pair, key in reversed(keys.items())}  # key -> one pair that needs it (the first)
     rejected_before = cache.rejected
     hits = cache.get_many(runs)
     pieces: dict[str, Counters] = {key: Counters.from_dict(value) for key, value in hits.items()}
     report.stored += len(pieces)
-    report.rejected += cache.rejected - rejected_before
     if cache.rejected > rejected_before:
         warn(
             f"{cache.rejected - rejected_before} stored results in {cache.path} failed verification; "
@@ -189,14 +190,13 @@ def _run_missing(
         for pair, counters in results:
             record(pair, counters)
     except KeyboardInterrupt:
-        results.close()  # stops the workers (pool terminated / Ray tasks cancelled) before the message
         where = f" in the store {cache.path}" if cache.path else " (no store: --cache-dir is off)"
         raise Interrupted(
             f"interrupted: kept {report.simulated} of {total} SCALE-Sim runs finished by this run{where}; "
             "run the same command again to resume without recomputing them"
         ) from None
     finally:
-        results.close()
+        results.close()  # stops the workers (pool terminated / Ray tasks cancelled), on Ctrl-C before the message
 
 
 def _serial(missing: list[Pair]) -> Iterator[tuple[Pair, Counters]]:

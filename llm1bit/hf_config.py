@@ -268,7 +268,7 @@ def spec_from_hf_config(cfg: dict, path: Path, name: str | None = None) -> Model
     if gemma:
         head_dim = _get_int(cfg, path, "head_dim", default=gemma["head_dim"])
     else:
-        head_dim = _get_int(cfg, path, "head_dim") if cfg.get("head_dim") is not None else 0
+        head_dim = _get_int(cfg, path, "head_dim", default=0)
     d_ff = _get_int(cfg, path, "intermediate_size")
     n_layers = _get_int(cfg, path, "num_hidden_layers")
     projections = ()
@@ -356,9 +356,8 @@ def _deepseek(cfg: dict, path: Path, model_type: str, common: dict) -> ModelSpec
         raise UserError(
             f"unsupported config {path}: moe_layer_freq = {cfg['moe_layer_freq']!r} (transformers and llm1bit model 1)"
         )
-    q_lora = cfg.get("q_lora_rank")
     mla = MLA(
-        q_lora_rank=_get_int(cfg, path, "q_lora_rank") if q_lora is not None else 0,
+        q_lora_rank=_get_int(cfg, path, "q_lora_rank", default=0),
         kv_lora_rank=_get_int(cfg, path, "kv_lora_rank"),
         qk_nope_head_dim=_get_int(cfg, path, "qk_nope_head_dim"),
         qk_rope_head_dim=_get_int(cfg, path, "qk_rope_head_dim"),

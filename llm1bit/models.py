@@ -182,8 +182,8 @@ GPT_MODELS = tuple(n for n in PAPER_MODELS if n.startswith("gpt-"))
 LLAMA_MODELS = tuple(n for n in PAPER_MODELS if n.startswith("llama-"))
 
 
-def load_hf_config(path: str | Path, label: str | None = None) -> ModelSpec:
-    """A `config.json`, or a folder holding one; `label` overrides the name taken from the path."""
+def load_hf_config(path: str | Path) -> ModelSpec:
+    """A `config.json`, or a folder holding one; named after the folder (or the file's stem)."""
     path = Path(path)
     if path.is_dir():
         path = path / "config.json"
@@ -199,7 +199,7 @@ def load_hf_config(path: str | Path, label: str | None = None) -> ModelSpec:
         raise UserError(f"malformed config {path}: expected a JSON object")
     from llm1bit.hf_config import spec_from_hf_config
 
-    name = label or (path.parent.name if path.name == "config.json" else path.stem)
+    name = path.parent.name if path.name == "config.json" else path.stem
     return spec_from_hf_config(cfg, path, name=name)
 
 

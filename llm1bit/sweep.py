@@ -95,6 +95,18 @@ def points(
     )
 
 
+def _workloads(pts: Iterable[Point]) -> dict[Point, list]:
+    """Point -> its GEMMs; each distinct (model, seq_len, phase, batch) is built once and its list shared (read-only)."""
+    built: dict[tuple, list] = {}
+    out = {}
+    for p in pts:
+        key = (p.model, p.seq_len, p.phase, p.batch)
+        if key not in built:
+            built[key] = build_workload(*key)
+        out[p] = built[key]
+    return out
+
+
 def uncovered_points(pts: Iterable[Point], workloads: dict | None = None) -> list[Point]:
     """Points with a GEMM the exact composition of the real SCALE-Sim does not cover (backends.scalesim).
 
@@ -112,9 +124,12 @@ def uncovered_points(pts: Iterable[Point], workloads: dict | None = None) -> lis
                 covered[(shape, hw)] = False
         return covered[(shape, hw)]
 
+    if not workloads:
+        pts = list(pts)
+        workloads = _workloads(pts)
     out = []
     for p in pts:
-        gemms = workloads[p] if workloads else build_workload(p.model, p.seq_len, p.phase, p.batch)
+        gemms = workloads[p]
         if not all(ok(g.shape, p.hw) for g in gemms):
             out.append(p)
     return out
@@ -135,7 +150,7 @@ def run_points(
     With the scalesim backend, a point that the exact composition does not cover is computed by
     the analytic closed form (equal to SCALE-Sim there too) and its Split says `analytic`;
     `strict` refuses such points instead (the first uncovered GEMM's one-line error)."""
-    workloads = {p: build_workload(p.model, p.seq_len, p.phase, p.batch) for p in pts}
+    workloads = _workloads(pts)
     backend_of = dict.fromkeys(pts, backend)
     if backend == "scalesim" and not strict:
         backend_of.update(dict.fromkeys(uncovered_points(pts, workloads), "analytic"))

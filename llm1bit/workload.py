@@ -100,11 +100,6 @@ def mla_projections(model: ModelSpec) -> tuple[Proj, ...]:
     )
 
 
-def projection_shapes(model: ModelSpec) -> dict[str, tuple[int, int]]:
-    """Each projection of a decoder block: (N outputs, K inputs), i.e. nn.Linear's [out, in]."""
-    return {p.name: (p.n, p.k) for p in block_projections(model)}
-
-
 def attention_dims(model: ModelSpec) -> tuple[int, int, int]:
     """(K/V heads, contraction width of Q.K^T, width of the values) of the attention products."""
     mla = model.mla

@@ -81,7 +81,11 @@ def explore(
         raise UserError("--ray-address goes with --executor ray")
     space = load_space(space_file)
     pts = space.points()
-    refs = [p for p in reference_points(space) if p not in set(pts)] if plot else []
+    if plot:
+        seen = set(pts)
+        refs = [p for p in reference_points(space) if p not in seen]
+    else:
+        refs = []
     report = RunReport()
     start = time.perf_counter()
     with simulator_progress(f"{len(pts)} points", rate=True, points=len(pts)) as progress:

@@ -164,10 +164,6 @@ class CostArgs:
             for wb in dict.fromkeys(parse_float_list("--weight-bits", self.weight_bits or "16"))
         ]
 
-    def clocked(self, hw):
-        """The hardware with the --freq-mhz / --dram-gbps overrides."""
-        return hw.with_clock(self.freq_mhz, self.dram_gbps)
-
 
 COST_FIELDS = tuple(f.name for f in dataclasses.fields(CostArgs))
 

@@ -11,6 +11,7 @@ global backend switch, nothing done at import."""
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import zlib
 from collections.abc import Callable, Iterable, Sequence
@@ -122,7 +123,9 @@ class FigureSpec:
 # --- inputs -------------------------------------------------------------------------------------
 
 
+@functools.lru_cache
 def hardware(name: str, dataflow: str | None = None) -> Hardware:
+    """load_hardware, each (name, dataflow) read once per process (Hardware is frozen, so sharing it is safe)."""
     return load_hardware(name, dataflow)
 
 

@@ -15,13 +15,13 @@ from llm1bit.figures.common import (
     Results,
     Settings,
     backend_note,
+    config_model,
     fmt_float,
     new_figure,
     rows_to_csv,
     settings_text,
     write_outputs,
 )
-from llm1bit.models import CONFIG_DIR, load_hf_config
 from llm1bit.sweep import Point
 
 HW = ("cloud", "edge")
@@ -57,16 +57,14 @@ CSV_COLUMNS = (
 )
 
 
-def _models():
-    return [load_hf_config(CONFIG_DIR / f"{name}.json") for name in MODELS]
-
-
 def _cells(settings: Settings):
+    models = [config_model(settings, name) for name in MODELS]
+    pricing = settings.reference_pricing()
     for hw in HW:
         hw_obj = settings.priced_hardware(hw)
         for batch in BATCHES:
-            for model in _models():
-                yield hw, batch, Point(model, hw_obj, SEQ_LEN, "decode", batch, settings.reference_pricing())
+            for model in models:
+                yield hw, batch, Point(model, hw_obj, SEQ_LEN, "decode", batch, pricing)
 
 
 def moe_points(settings: Settings) -> list[Point]:
