@@ -283,6 +283,19 @@ def safetensors_header(path: Path) -> dict[str, tuple[str, list[int], int]]:
     return entries
 
 
+def packed_by_module(
+    header: dict[str, tuple[str, list[int], int]],
+) -> dict[str, dict[str, tuple[str, list[int], int]]]:
+    """A safetensors header's entries grouped by owning module: {module: {suffix: (dtype, shape, bytes)}},
+    a quantized module's packed tensors being `<module>.<suffix>`; biases are left out (they are not codes)."""
+    grouped: dict[str, dict[str, tuple[str, list[int], int]]] = {}
+    for key, entry in header.items():
+        owner, _, suffix = key.rpartition(".")
+        if owner and suffix != "bias":
+            grouped.setdefault(owner, {})[suffix] = entry
+    return grouped
+
+
 def _format_of(meta: dict, method: str | None, mode: str | None) -> str:
     """The compute format of one stored module (energy ops): uniform -> int; binary codes -> bcq-lat when
     their scales cover 8-column slabs (lat), else bcq-acc (acc, and plain bcq's float scales)."""
@@ -315,7 +328,7 @@ def load_quantized_model(folder: str | Path) -> ModelSpec:
     if not isinstance(modules, dict) or not modules:
         raise UserError(f"--quantized {folder}: quantization_config has no modules")
     model = spec_from_hf_config(config, config_path, name=folder.name)
-    sizes = safetensors_sizes(folder / "model.safetensors")
+    packed = packed_by_module(safetensors_header(folder / "model.safetensors"))
     names = _names(model)
     shapes = _shapes(model)
     out = {}
@@ -326,7 +339,7 @@ def load_quantized_model(folder: str | Path) -> ModelSpec:
             raise UserError(
                 f"--quantized {folder}: module {name} lacks bits / shape in quantization_config"
             ) from None
-        stored = sum(size for t, size in sizes.items() if t.startswith(name + ".") and t != name + ".bias")
+        stored = sum(nbytes for _, _, nbytes in packed.get(name, {}).values())
         if not stored:
             raise UserError(f"--quantized {folder}: model.safetensors holds no packed tensors for {name}")
         where = names.get(name)

@@ -225,7 +225,8 @@ def result_json(result: BitsResult, budget: float | None, settings: dict) -> dic
     default="output",
     show_default=True,
     help="What the ILP minimises per layer: output (predicted error x the layer's measured gain to its "
-    "relative decoder-output error; tracks perplexity) or weight (predicted solver loss alone, Eq. 4).",
+    "relative decoder-output error; tracks perplexity) or weight (predicted reparameterization error "
+    "alone, Eq. 4).",
 )
 @click.option(
     "--output-windows",

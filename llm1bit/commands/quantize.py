@@ -179,14 +179,13 @@ def run_quantize(
 def bits_per_weight(weights: Path, modules: dict) -> dict[str, float]:
     """Bits per weight over all quantized modules, from the file: every tensor stored under a module's name
     (codes, scales, incoherence key and rescale; not its bias) x 8 / its weights."""
-    from llm1bit.layer_bits import safetensors_header
+    from llm1bit.layer_bits import packed_by_module, safetensors_header
 
-    header = safetensors_header(weights)
+    packed = packed_by_module(safetensors_header(weights))
     n_weights = sum(m["shape"][0] * m["shape"][1] for m in modules.values())
     total = incoherence = 0
-    for key, (_, _, nbytes) in header.items():
-        owner, _, suffix = key.rpartition(".")
-        if owner in modules and suffix != "bias":
+    for name in modules:
+        for suffix, (_, _, nbytes) in packed.get(name, {}).items():
             total += nbytes
             incoherence += nbytes if suffix.startswith("incoherence") else 0
     return {

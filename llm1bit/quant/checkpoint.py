@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from llm1bit.errors import UserError
 from llm1bit.hf_config import BASE_MODEL_TYPE_KEY, QUANTIZED_MODEL_TYPE, unwrap_quantized
-from llm1bit.layer_bits import safetensors_header
+from llm1bit.layer_bits import packed_by_module, safetensors_header
 
 if TYPE_CHECKING:
     from torch import nn
@@ -165,8 +165,6 @@ def _check_module(weights: Path, name: str, own: dict, meta: dict, layer_shape: 
     from llm1bit.quant.packing import unpack
 
     what = f"{weights}: the packed tensors of {name} do not match its quantization_config"
-    if not own:
-        raise UserError(f"{weights}: no packed tensors for {name}, which quantization_config lists")
     try:
         shape = tuple(meta["shape"])
         quantized = unpack(own, meta)
@@ -181,7 +179,8 @@ def _check_module(weights: Path, name: str, own: dict, meta: dict, layer_shape: 
         )
 
 
-def read_quantization_config(path: str | os.PathLike) -> dict[str, Any]:
+def read_config(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(config.json, its quantization_config) of an llm1bit quantized folder; anything else is one line."""
     path = Path(path)
     try:
         config = json.loads((path / "config.json").read_text())
@@ -190,7 +189,7 @@ def read_quantization_config(path: str | os.PathLike) -> dict[str, Any]:
     qc = config.get("quantization_config") or {}
     if not str(qc.get("quant_method", "")).startswith("llm1bit-"):
         raise UserError(f"{path} is not an llm1bit quantized folder (no llm1bit quantization_config)")
-    return qc
+    return config, qc
 
 
 def check_format_version(where: str | os.PathLike, qc: dict[str, Any]) -> None:
@@ -211,14 +210,13 @@ def build_shells(
     from llm1bit.quant.linear import QuantLinear
 
     header = safetensors_header(weights)
+    packed = packed_by_module(header)
     layer_shapes: dict[str, tuple[int, int]] = {}
     experts: dict[str, dict[str, dict[str, Any]]] = {}
     for name, meta in modules.items():
         prefix = f"{name}."
         specs = {
-            key[len(prefix) :]: [dtype_name, shape]
-            for key, (dtype_name, shape, _) in header.items()
-            if key.startswith(prefix) and "." not in key[len(prefix) :] and key != f"{prefix}bias"
+            suffix: [dtype_name, shape] for suffix, (dtype_name, shape, _) in packed.get(name, {}).items()
         }
         if not specs:
             raise UserError(f"{weights}: no packed tensors for {name}, which quantization_config lists")
@@ -260,10 +258,8 @@ def _fused_experts(model: nn.Module, name: str) -> nn.Module | None:
         module = model.get_submodule(name)
     except AttributeError:
         return None
-    try:
-        from llm1bit.quant.experts import is_fused_experts
-    except ImportError:
-        return None
+    from llm1bit.quant.experts import is_fused_experts
+
     return module if is_fused_experts(module) else None
 
 
@@ -325,12 +321,12 @@ def load_quantized(
 
     _quiet_transformers()
     path = Path(path)
-    qc = read_quantization_config(path)
+    config_dict, qc = read_config(path)
     check_format_version(path, qc)
     weights = path / WEIGHTS_NAME
     if not weights.is_file():
         raise UserError(f"{path} has no {WEIGHTS_NAME}")
-    config = base_config(json.loads((path / "config.json").read_text()))
+    config = base_config(config_dict)
     dtype = getattr(torch, str(config.dtype or "float32").removeprefix("torch."))
     with init_empty_weights(include_buffers=False):  # parameters on meta; computed buffers (rotary) real
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 from transformers import PretrainedConfig
 
@@ -56,43 +55,28 @@ class Llm1bitForCausalLM:
         )
 
 
-_registered: set[str] = set()
+def register_config() -> None:
+    from transformers import AutoConfig
+
+    AutoConfig.register(QUANTIZED_MODEL_TYPE, Llm1bitConfig, exist_ok=True)
 
 
-def register_config(_module: Any = None) -> None:
-    if "config" not in _registered:
-        from transformers import AutoConfig
+def register_model() -> None:
+    from transformers import AutoModelForCausalLM
 
-        AutoConfig.register(QUANTIZED_MODEL_TYPE, Llm1bitConfig, exist_ok=True)
-        _registered.add("config")
-
-
-def register_model(_module: Any = None) -> None:
-    if "model" not in _registered:
-        from transformers import AutoModelForCausalLM
-
-        register_config()
-        AutoModelForCausalLM.register(Llm1bitConfig, Llm1bitForCausalLM, exist_ok=True)
-        _registered.add("model")
-
-
-def register_quantizer(_module: Any = None) -> None:
-    if "quantizer" not in _registered:
-        from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_QUANTIZER_MAPPING
-        from transformers.quantizers.auto import register_quantization_config as register_qconfig
-        from transformers.quantizers.auto import register_quantizer as register_hf_quantizer
-
-        from llm1bit.quant.hf_quantizer import QUANT_METHODS, Llm1bitHfQuantizer, Llm1bitQuantizationConfig
-
-        for method in QUANT_METHODS:
-            if method not in AUTO_QUANTIZATION_CONFIG_MAPPING:
-                register_qconfig(method)(Llm1bitQuantizationConfig)
-            if method not in AUTO_QUANTIZER_MAPPING:
-                register_hf_quantizer(method)(Llm1bitHfQuantizer)
-        _registered.add("quantizer")
-
-
-def register_all() -> None:
     register_config()
-    register_model()
-    register_quantizer()
+    AutoModelForCausalLM.register(Llm1bitConfig, Llm1bitForCausalLM, exist_ok=True)
+
+
+def register_quantizer() -> None:
+    from transformers.quantizers.auto import AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO_QUANTIZER_MAPPING
+    from transformers.quantizers.auto import register_quantization_config as register_qconfig
+    from transformers.quantizers.auto import register_quantizer as register_hf_quantizer
+
+    from llm1bit.quant.hf_quantizer import QUANT_METHODS, Llm1bitHfQuantizer, Llm1bitQuantizationConfig
+
+    for method in QUANT_METHODS:
+        if method not in AUTO_QUANTIZATION_CONFIG_MAPPING:
+            register_qconfig(method)(Llm1bitQuantizationConfig)
+        if method not in AUTO_QUANTIZER_MAPPING:
+            register_hf_quantizer(method)(Llm1bitHfQuantizer)

@@ -187,7 +187,7 @@ def rotations(key: tuple[int, int], n: int, k: int) -> Rotations:
     return Rotations(u, v, h.hexdigest()[:16])
 
 
-def rotations_of(inc: Incoherence, n: int, k: int, what: str = "") -> Rotations:
+def rotations_of(inc: Incoherence, n: int, k: int) -> Rotations:
     """The rotations an `Incoherence` record names, checked against its stored checksum.
 
     Raises `RotationMismatch` (one line) when the regenerated factors differ from the stored ones."""
@@ -204,9 +204,8 @@ def rotations_of(inc: Incoherence, n: int, k: int, what: str = "") -> Rotations:
         raise ValueError("an incoherence record of procedure 2 needs its rotation key")
     rot = rotations((int(inc.key[0]), int(inc.key[1])), n, k)
     if inc.checksum is not None and inc.checksum != rot.checksum:
-        where = f"{what}: " if what else ""
         raise RotationMismatch(
-            f"{where}the rotations regenerated from key {key_hex(inc.key)} for {n} x {k} have checksum "
+            f"the rotations regenerated from key {key_hex(inc.key)} for {n} x {k} have checksum "
             f"{rot.checksum}, the stored one is {inc.checksum} (this numpy's Philox stream or argsort "
             "differs from the one that quantized it, or the file is damaged)"
         )

@@ -5,8 +5,8 @@ planes, one-byte power-of-two scale terms, uniform scales and zeros, incoherence
 names as in `model.safetensors`, so `load_state_dict` and transformers' loader fill them directly. Each
 forward rebuilds the dense weight (`packing.unpack(...).dequantize()`, the one definition shared with the
 solver), uses it and drops it: resident memory is the packed bytes plus one layer's dense weight while it
-computes. `cache_weight=True` (or `set_weight_cache(model, True)`) keeps the dense weight for speed instead,
-at the memory of the original layer. A shift-and-add or LUT kernel would replace `forward` and read the
+computes. `set_weight_cache(model, True)` keeps the dense weights for speed instead, at the memory of
+the original layers. A shift-and-add or LUT kernel would replace `forward` and read the
 packed planes directly."""
 
 from __future__ import annotations
@@ -34,7 +34,8 @@ SAFETENSORS_DTYPES = {
 
 
 class QuantLinear(nn.Module):
-    """y = x W^T + b with W rebuilt, on every call, from the packed tensors held as buffers."""
+    """y = x W^T + b with W rebuilt from the packed tensors held as buffers: on every call, or once with the
+    weight cache on (`set_cache`)."""
 
     def __init__(
         self,
@@ -43,7 +44,6 @@ class QuantLinear(nn.Module):
         dtype: torch.dtype = torch.float32,
         bits: int | None = None,
         *,
-        cache_weight: bool = False,
         packed: tuple[dict[str, torch.Tensor], dict[str, Any]] | None = None,
     ) -> None:
         """From a solver's `quantized` weight (packed here), or from `packed` = (tensors, meta) as stored."""
@@ -63,10 +63,8 @@ class QuantLinear(nn.Module):
         for key, tensor in tensors.items():
             self.register_buffer(key, tensor)
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
-        self.cache_weight = cache_weight
+        self.cache_weight = False
         self._weight: torch.Tensor | None = None
-        if quantized is not None and cache_weight:
-            self._weight = quantized.dequantize().to(dtype)
 
     @classmethod
     def shell(cls, meta: dict[str, Any], bias: bool, dtype: torch.dtype, device: str = "meta") -> QuantLinear:

@@ -419,14 +419,9 @@ def quantize_model(
             cached = load_layer_cache(cache_file) if cache_file and cache_file.is_file() else None
             if cached is not None:  # finished by an interrupted earlier run with the same settings
                 layer_report.resumed = True
-                for rel, (quantized, sub) in cached.items():
-                    _install(
-                        layer,
-                        rel,
-                        QuantLinear(quantized, linears[rel].bias, linears[rel].weight.dtype, sub.bits),
-                        linears[rel],
-                        built,
-                    )
+                for rel, (packed, sub) in cached.items():
+                    module = QuantLinear(None, linears[rel].bias, linears[rel].weight.dtype, packed=packed)
+                    _install(layer, rel, module, linears[rel], built)
                     layer_report.sublayers.append(sub)
                 if progress:
                     progress.advance(task, len(cached))
@@ -444,17 +439,19 @@ def quantize_model(
                         progress.update(task, description=f"layer {index + 1}/{len(stack.layers)} {rel}")
                     routed = hessians.pop(rel) if needs_hessian else None
                     fallback = rel in tokens and needs_fallback(tokens[rel], linear.weight.shape[1])
-                    hessian = None if routed is None else routed.to(torch.float32)
-                    if fallback:  # FALLBACK: too few routed tokens for a full-rank Hessian
-                        hessian = torch.eye(linear.weight.shape[1], dtype=torch.float32)
                     t0 = time.perf_counter()
                     weight = linear.weight.detach().to(torch.float32)
+                    module_spec = specs[bits[name]].for_module(name)
                     with torch.no_grad():
-                        quantized = _to_cpu(solver(weight, hessian, specs[bits[name]].for_module(name)))
-                    if fallback:  # the error in the units of every other layer: 1/2 tr(E H E^T), routed H
-                        quantized = dataclasses.replace(quantized, error=_error(weight, quantized, routed))
+                        if fallback:  # FALLBACK: too few routed tokens for a full-rank Hessian
+                            quantized = solve_fallback(solver, weight, routed, module_spec)
+                        else:
+                            hessian = None if routed is None else routed.to(torch.float32)
+                            quantized = solver(weight, hessian, module_spec)
+                            del hessian
+                    quantized = _to_cpu(quantized)
                     seconds = time.perf_counter() - t0
-                    del hessian, routed
+                    del routed
                     module = QuantLinear(quantized, linear.bias, linear.weight.dtype, bits[name])
                     _install(layer, rel, module, linear, built)
                     layer_report.sublayers.append(
@@ -471,11 +468,9 @@ def quantize_model(
                     layer_report.solver_seconds += seconds
                     if progress:
                         progress.advance(task)
-                _install_experts(layer, experts, built)
-                if cache_file is not None:
-                    save_layer_cache(cache_file, layer, list(linears), layer_report)
-            if cached is not None:
-                _install_experts(layer, experts, built)
+            _install_experts(layer, experts, built)
+            if cached is None and cache_file is not None:
+                save_layer_cache(cache_file, layer, list(linears), layer_report)
             if needs_hessian:
                 t0 = time.perf_counter()
                 run_layer(layer, inputs, kwargs, outputs)
@@ -529,12 +524,18 @@ def _install_experts(layer: nn.Module, experts: dict[str, nn.Module], built: dic
         _replace(layer, rel, QuantExperts(module, gate_up, down))
 
 
-def _error(weight: torch.Tensor, quantized: QuantizedWeight, hessian: torch.Tensor) -> float:
-    """1/2 tr(E H E^T) with E = W - Q (float64)."""
+def solve_fallback(
+    solver: Solver, weight: torch.Tensor, routed: torch.Tensor, spec: QuantSpec
+) -> QuantizedWeight:
+    """FALLBACK for an expert slice with too few routed tokens: the solver with the identity Hessian
+    (round-to-nearest on the same grid); its .error is then 1/2 tr(E H E^T) against the routed Hessian the
+    slice did get, in the units of every other layer. `bits` (sensitivity) quantizes such slices the same way."""
     import torch
 
+    quantized = solver(weight, torch.eye(weight.shape[1], dtype=torch.float32), spec)
     e = weight.to(torch.float64) - quantized.dequantize().to(torch.float64).to(weight.device)
-    return 0.5 * float(torch.sum((e @ hessian.to(device=weight.device, dtype=torch.float64)) * e))
+    error = 0.5 * float(torch.sum((e @ routed.to(device=weight.device, dtype=torch.float64)) * e))
+    return dataclasses.replace(quantized, error=error)
 
 
 def _replace(layer: nn.Module, rel: str, module: nn.Module) -> None:
@@ -551,34 +552,35 @@ def save_layer_cache(path: Path, layer: nn.Module, rels: list[str], layer_report
     from safetensors.torch import save_file
 
     from llm1bit.atomic import atomic_path
-    from llm1bit.quant.packing import pack
 
     tensors: dict[str, torch.Tensor] = {}
     entries: dict[str, Any] = {}
     for rel, sub in zip(rels, layer_report.sublayers, strict=True):
-        packed, meta = pack(layer.get_submodule(rel).quantized, sub.bits)
-        tensors.update({f"{rel}.{key}": t for key, t in packed.items()})
-        entries[rel] = {"meta": meta, "report": dataclasses.asdict(sub)}
+        module = layer.get_submodule(rel)
+        tensors.update({f"{rel}.{key}": t.detach().cpu() for key, t in module.packed_tensors().items()})
+        entries[rel] = {"meta": module.meta, "report": dataclasses.asdict(sub)}
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"llm1bit": json.dumps(entries)})
 
 
-def load_layer_cache(path: Path) -> dict[str, tuple[QuantizedWeight, SublayerReport]]:
+def load_layer_cache(path: Path) -> dict[str, tuple[tuple[dict, dict], SublayerReport]]:
+    """{relative module name: ((packed tensors, meta), its report)} as `save_layer_cache` wrote them."""
     import json
 
     from safetensors import safe_open
 
-    from llm1bit.quant.packing import unpack
-
     with safe_open(str(path), "pt") as f:
         entries = json.loads(f.metadata()["llm1bit"])
         tensors = {key: f.get_tensor(key) for key in f.keys()}
+    own: dict[str, dict] = {}
+    for key, t in tensors.items():
+        rel, _, suffix = key.rpartition(".")
+        own.setdefault(rel, {})[suffix] = t
     out = {}
     for rel, entry in entries.items():
-        own = {key[len(rel) + 1 :]: t for key, t in tensors.items() if key.startswith(f"{rel}.")}
         report = entry["report"]
         report["shape"] = tuple(report["shape"])
-        out[rel] = (unpack(own, entry["meta"]), SublayerReport(**report))
+        out[rel] = ((own[rel], entry["meta"]), SublayerReport(**report))
     return out
 
 

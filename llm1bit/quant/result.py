@@ -1,8 +1,8 @@
 """What quantizing one linear layer produces: the codes as stored, and how to rebuild the weight.
 
 `QuantizedWeight.dequantize()` is the single definition of the quantized weight: the solver
-returns it, the packed format stores exactly its inputs, and `load_quantized` calls it again,
-so a reloaded weight equals the solver's output bit for bit."""
+returns it, the packed format stores exactly its inputs, and a loaded `QuantLinear` calls it again in
+its forward, so a reloaded weight equals the solver's output bit for bit."""
 
 from __future__ import annotations
 

@@ -71,7 +71,9 @@ class LayerSensitivity:
     sublayer: str
     shape: tuple[int, int]
     criterion: float
-    errors: dict[int, float] = field(default_factory=dict)  # bits -> reparameterization error (solver loss)
+    errors: dict[int, float] = field(
+        default_factory=dict
+    )  # bits -> reparameterization error (1/2 tr(E H E^T), original units)
     output_errors: dict[int, float] = field(default_factory=dict)  # bits -> `output_error` (when measured)
     tokens: int | None = None  # expert slices: calibration tokens routed to the expert
     fallback: bool = False  # expert slices measured with the identity Hessian (pipeline FALLBACK)
@@ -245,14 +247,9 @@ def quantize_info(info: LinearInfo, spec: QuantSpec):
     identity Hessian, its .error then 1/2 tr(E H E^T) against the routed Hessian it did get."""
     if not info.fallback:
         return quantize_layer(info.weight, info.hessian, spec)
-    import dataclasses
+    from llm1bit.quant.pipeline import solve_fallback
 
-    import torch
-
-    from llm1bit.quant.pipeline import _error
-
-    quantized = quantize_layer(info.weight, torch.eye(info.weight.shape[1], dtype=torch.float64), spec)
-    return dataclasses.replace(quantized, error=_error(info.weight, quantized, info.hessian))
+    return solve_fallback(quantize_layer, info.weight, info.hessian, spec)
 
 
 def measure_layers(

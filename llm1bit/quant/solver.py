@@ -51,19 +51,18 @@ class ColumnQuantizer(Protocol):
 
 def gptq_loop(
     wt: np.ndarray, u: np.ndarray, slabs: list[tuple[int, int]], quantizer: ColumnQuantizer, blocksize: int
-) -> tuple[np.ndarray, float]:
+) -> np.ndarray:
     """Quantize all columns of wt (K, N) float32 (modified in place) with GPTQ error feedback.
 
     u is the upper Cholesky factor of H^-1 (K, K) float32, in the same (act-)order as wt. Blocks of
     about `blocksize` columns never split a slab. The in-block update skips column i itself (the
     reference also subtracts from it, which changes nothing that is read later). Returns the
-    quantized columns qt (K, N) and the summed loss sum (w - q)^2 / d^2 / 2."""
+    quantized columns qt (K, N); the error is measured afterwards, in the original units."""
     import torch
 
     k, n = wt.shape
     qt = np.empty_like(wt)
     wt_t, u_t = torch.from_numpy(wt), torch.from_numpy(u)  # share memory: the lazy update runs in torch
-    loss = 0.0
     for b1, b2, block_slabs in _blocks(slabs, blocksize):
         w1 = wt[b1:b2]  # a view: in-block feedback goes straight into wt
         u1 = u[b1:b2, b1:b2]
@@ -75,14 +74,13 @@ def gptq_loop(
                 w = w1[i]
                 qcol = quantizer.column(w, j)
                 e = (w - qcol) / u1[i, i]
-                loss += float(np.dot(e, e)) / 2
                 qt[j] = qcol
                 err[i] = e
                 if i + 1 < b2 - b1:
                     w1[i + 1 :] -= u1[i, i + 1 :, None] * e[None, :]
         if b2 < k:
             wt_t[b2:] -= u_t[b1:b2, b2:].T @ torch.from_numpy(err)
-    return qt, loss
+    return qt
 
 
 def _blocks(slabs: list[tuple[int, int]], blocksize: int):
@@ -365,7 +363,7 @@ def _solve(weight, hessian, spec: QuantSpec):
     else:
         row_block = n if spec.groupsize <= 0 else spec.groupsize
         quantizer = BCQColumns(n, k, q, row_block, spec.bcq_rounds, spec.apot_terms)
-    qt, _ = gptq_loop(wt, u, slabs, quantizer, spec.blocksize)
+    qt = gptq_loop(wt, u, slabs, quantizer, spec.blocksize)
     codes = quantizer.result() if spec.method == "gptq" else quantizer.result(perm)
     final = np.empty_like(qt)
     final[perm] = qt
