@@ -1,7 +1,7 @@
 """llm1bit: how much of an LLM gets faster when its projection layers become multiplication-free.
 
 Importing llm1bit makes transformers able to load `llm1bit quantize` folders natively
-(`AutoModelForCausalLM.from_pretrained(folder)`): post-import hooks register llm1bit's config, model and
+(`AutoModelForCausalLM.from_pretrained(folder)`): post-import hooks register llm1bit's config and
 quantizer classes (`llm1bit.quant.hf`) when transformers' auto classes and quantizers are imported, or at
 once if they already are, so importing llm1bit costs nothing where transformers is not used."""
 
@@ -23,7 +23,6 @@ def _install_transformers_hooks() -> None:
         return run
 
     wrapt.register_post_import_hook(hook("register_config"), "transformers.models.auto.configuration_auto")
-    wrapt.register_post_import_hook(hook("register_model"), "transformers.models.auto.modeling_auto")
     wrapt.register_post_import_hook(hook("register_quantizer"), "transformers.quantizers")
 
 

@@ -6,66 +6,47 @@ soon as the transformers modules they extend are imported (so `import llm1bit` i
 * `Llm1bitConfig`, model_type "llm1bit", with `AutoConfig`: a quantized folder's config.json says
   model_type "llm1bit", so a process that has not imported llm1bit gets transformers' "does not recognize
   this architecture" error instead of a model with random weights (transformers 5 only warns on an unknown
-  `quant_method`).
-* `Llm1bitForCausalLM` with `AutoModelForCausalLM`: its `from_pretrained` rebuilds the original
-  architecture's config (`llm1bit_base_model_type`) and hands the folder to the original model class.
-* `Llm1bitHfQuantizer` (an `HfQuantizer`, in `llm1bit.quant.hf_quantizer`) for every `llm1bit-<method>` quant_method: on the meta-device
-  skeleton transformers builds, it replaces the quantized modules by empty `QuantLinear` shells shaped from
-  the safetensors header (`checkpoint.build_shells`); transformers' loader fills them; afterwards
-  `checkpoint.check_loaded` refuses anything missing or inconsistent."""
+  `quant_method`). With llm1bit imported, `Llm1bitConfig.from_dict` (the public hook `AutoConfig` builds
+  every config through) returns the original architecture's config (`llm1bit_base_model_type`) with its
+  `quantization_config`, so the auto classes pick the original model class themselves: no model class of
+  our own, no second `from_pretrained` call and none of the auto classes' private keywords.
+* `Llm1bitHfQuantizer` (an `HfQuantizer`, in `llm1bit.quant.hf_quantizer`) for every `llm1bit-<method>`
+  quant_method: on the meta-device skeleton transformers builds, it replaces the quantized modules by empty
+  `QuantLinear` shells shaped from the safetensors header (`checkpoint.build_shells`); transformers' loader
+  fills them; afterwards `checkpoint.check_loaded` refuses anything missing or inconsistent."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+from typing import Any
 
 from transformers import PretrainedConfig
 
-from llm1bit.hf_config import QUANTIZED_MODEL_TYPE
+from llm1bit.hf_config import QUANTIZED_MODEL_TYPE, unwrap_quantized
 
 
 class Llm1bitConfig(PretrainedConfig):
-    """A quantized folder's config: every field of the original model's, model_type "llm1bit"."""
+    """A quantized folder's config.json: every field of the original model's, model_type "llm1bit".
+    Loading it gives the original architecture's config, its `quantization_config` kept."""
 
     model_type = QUANTIZED_MODEL_TYPE
 
-
-class Llm1bitForCausalLM:
-    """Not a model class of its own: `from_pretrained` returns the original architecture's model, its
-    quantized linears rebuilt by `Llm1bitHfQuantizer`."""
-
-    config_class = Llm1bitConfig
-
     @classmethod
-    def from_pretrained(cls, pretrained_model_name_or_path, *model_args, config=None, **kwargs):
-        from transformers import AutoModelForCausalLM
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs: Any):
+        from transformers import CONFIG_MAPPING
 
-        from llm1bit.quant.checkpoint import base_config
-
-        if config is None or isinstance(config, (str, Path)):
-            folder = Path(config or pretrained_model_name_or_path)
-            config_dict = json.loads((folder / "config.json").read_text())
-        else:
-            config_dict = config.to_dict()
-        quantization_config = config_dict.get("quantization_config")
-        config = base_config(config_dict)
-        config.quantization_config = quantization_config  # the quantizer takes it from here
-        return AutoModelForCausalLM.from_pretrained(
-            pretrained_model_name_or_path, *model_args, config=config, **kwargs
-        )
+        fields = unwrap_quantized(dict(config_dict))
+        base_type = fields.get("model_type")
+        if base_type == QUANTIZED_MODEL_TYPE or base_type not in CONFIG_MAPPING:
+            raise ValueError(
+                f"llm1bit folder: base model type {base_type!r} is not one this transformers release knows"
+            )
+        return CONFIG_MAPPING[base_type].from_dict(fields, **kwargs)
 
 
 def register_config() -> None:
     from transformers import AutoConfig
 
     AutoConfig.register(QUANTIZED_MODEL_TYPE, Llm1bitConfig, exist_ok=True)
-
-
-def register_model() -> None:
-    from transformers import AutoModelForCausalLM
-
-    register_config()
-    AutoModelForCausalLM.register(Llm1bitConfig, Llm1bitForCausalLM, exist_ok=True)
 
 
 def register_quantizer() -> None:
