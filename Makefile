@@ -4,24 +4,47 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 # CI adds the optional extras its tests use: make test EXTRAS=quant,dev,ray,parquet,eval
 EXTRAS ?= quant,dev
+ALL_EXTRAS := quant,dev,ray,parquet,eval
 comma  := ,
 STAMP  := $(VENV)/.installed-$(subst $(comma),-,$(EXTRAS))
 LLM1BIT := $(BIN)/llm1bit
+# The versions the suite last passed with (all extras CI uses), written by pip-compile: `make lock`.
+LOCK   := requirements.lock
+LATEST ?= .venv-latest
 
-.PHONY: install test test-fast check-wheel check-explore demo lint topologies bench-sweep bench-explore clean
+.PHONY: install test test-fast test-latest lock check-wheel check-explore demo lint topologies bench-sweep bench-explore clean
 
 install: $(STAMP)
 
-# torch==2.13.0 (pinned in pyproject) is the CPU wheel; see README.
-$(STAMP): pyproject.toml
+# Installs the locked versions (the lock as pip constraints: the EXTRAS' packages, each at its locked
+# version), then checks that nothing outside the lock got in. torch==2.13.0+cpu is the CPU wheel; see README.
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[$(EXTRAS)]'
+	$(BIN)/pip install --quiet -c $(LOCK) -e '.[$(EXTRAS)]'
+	$(BIN)/python scripts/check_lock.py $(LOCK) $(if $(filter $(ALL_EXTRAS),$(EXTRAS)),--exact,)
 	touch $(STAMP)
 
 test: install
 	$(BIN)/pip check
 	$(BIN)/pytest -q
+
+# The suite in a fresh environment holding the newest releases pyproject's ranges allow (no lock).
+# When it passes, `make lock` moves the lock forward to them.
+test-latest:
+	rm -rf $(LATEST) && $(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/pip install --quiet --upgrade pip
+	$(LATEST)/bin/pip install --quiet --upgrade -e '.[$(ALL_EXTRAS)]'
+	$(LATEST)/bin/pip check
+	$(LATEST)/bin/pip freeze --exclude-editable > $(LATEST)/versions.txt
+	$(LATEST)/bin/pytest -q
+
+# Regenerate the lock from pyproject.toml: the newest versions its ranges allow, resolved by pip's resolver.
+lock:
+	test -x $(VENV)-tools/bin/pip-compile || ($(PYTHON) -m venv $(VENV)-tools && \
+		$(VENV)-tools/bin/pip install --quiet 'pip-tools==7.7.0')
+	$(VENV)-tools/bin/pip-compile --quiet --upgrade --strip-extras --no-emit-index-url --no-emit-find-links \
+		--extra $(ALL_EXTRAS) --output-file $(LOCK) pyproject.toml
 
 # explore's small example with both executors (needs the ray extra); the two tables must be identical.
 check-explore: install

@@ -167,10 +167,11 @@ def _zeroshot(
     from rich.console import Console
 
     from llm1bit.quant.linear import set_weight_cache
-    from llm1bit.quant.models import _is_llm1bit_folder, load_model
+    from llm1bit.quant.models import _is_llm1bit_folder, check_model_source, load_model
     from llm1bit.quant.pipeline import check_device
     from llm1bit.quant.zeroshot import SEEDS, import_lm_eval, load_tasks, results_table, run_tasks
 
+    check_model_source(model_src)  # a missing model is reported before any task data is looked for
     specs = [t.strip() for t in tasks.split(",") if t.strip()]
     if not specs:
         raise UserError("--tasks needs at least one task name or task YAML file")

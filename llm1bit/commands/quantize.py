@@ -50,6 +50,15 @@ Examples:
     help="Quantize columns by decreasing Hessian diagonal [default: on for shiftaddllm, off for gptq, as the "
     "reference implementations; recorded as act_order in quantization_config].",
 )
+@click.option(
+    "--save-dtype",
+    type=click.Choice(["auto", "float16", "bfloat16", "float32"]),
+    default="auto",
+    show_default=True,
+    help="dtype of the tensors kept unquantized (embeddings, norms, lm_head); auto: the model's declared "
+    "dtype where it is float16 or bfloat16, else float16 (a GGUF source is dequantized to float32). "
+    "The model still computes in its config's dtype.",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing non-empty output folder.")
 @click.option("-o", "--output", required=True, type=click.Path(file_okay=False), help="Output folder.")
 def quantize(
@@ -68,6 +77,7 @@ def quantize(
     apot_terms: int,
     no_incoherence: bool,
     act_order: bool | None,
+    save_dtype: str,
     overwrite: bool,
     output: str,
 ) -> None:
@@ -106,7 +116,16 @@ def quantize(
         raise UserError(f"calibration file {calib} does not exist")
     device = check_device(device)
     run_quantize(
-        model_src, spec, out, layer_bits, calib if needs_calib else None, nsamples, seqlen, device, overwrite
+        model_src,
+        spec,
+        out,
+        layer_bits,
+        calib if needs_calib else None,
+        nsamples,
+        seqlen,
+        device,
+        overwrite,
+        save_dtype,
     )
 
 
@@ -120,6 +139,7 @@ def run_quantize(
     seqlen: int,
     device: str,
     overwrite: bool,
+    save_dtype: str = "auto",
 ) -> None:
     from rich.console import Console
 
@@ -148,7 +168,7 @@ def run_quantize(
         console.print(f"resumed {resumed} finished layer(s) from {cache}")
     extra = {"calibration": calibration, "source_model": str(model_src)}
     with atomic_dir(out, overwrite=overwrite) as tmp:
-        qconfig = save_quantized(model, tokenizer, tmp, spec.to_dict(), extra=extra)
+        qconfig = save_quantized(model, tokenizer, tmp, spec.to_dict(), extra=extra, save_dtype=save_dtype)
         (tmp / "llm1bit_report.json").write_text(json.dumps(report.to_dict(), indent=2) + "\n")
         disk = (tmp / "model.safetensors").stat().st_size
     shutil.rmtree(cache, ignore_errors=True)

@@ -31,6 +31,19 @@ if TYPE_CHECKING:
 
 FORMAT_VERSION = 3  # 2: one byte per power-of-two scale term; 3: model_type "llm1bit", per-layer rotations
 WEIGHTS_NAME = "model.safetensors"
+SAVE_DTYPES = ("auto", "float16", "bfloat16", "float32")
+
+
+def storage_dtype(declared: object, requested: str = "auto") -> str:
+    """The dtype the unquantized tensors are written in: `requested`, or with "auto" the model's declared
+    dtype where it is a 16-bit one, else float16 (a GGUF source is dequantized to float32 on load; writing
+    that would make the quantized folder larger than the FP16 model)."""
+    if requested not in SAVE_DTYPES:
+        raise UserError(f"--save-dtype {requested!r}: choose one of {', '.join(SAVE_DTYPES)}")
+    if requested != "auto":
+        return requested
+    name = str(declared or "").removeprefix("torch.")
+    return name if name in ("float16", "bfloat16") else "float16"
 
 
 def quant_linears(model: nn.Module) -> dict[str, nn.Module]:
@@ -90,9 +103,14 @@ def save_quantized(
     out: str | os.PathLike,
     spec_dict: dict[str, Any],
     extra: dict[str, Any] | None = None,
+    save_dtype: str = "auto",
 ) -> dict[str, Any]:
     """Write the folder `out` (which must exist, e.g. the temp folder of `atomic_dir`); returns the
-    quantization_config written. `extra` adds keys such as the calibration settings."""
+    quantization_config written. `extra` adds keys such as the calibration settings.
+
+    Unquantized floating-point tensors are written in `storage_dtype(..., save_dtype)` and the model in
+    memory is rounded to the same values in place (its compute dtype unchanged), so it equals the folder
+    loaded back; config.json keeps the compute dtype, which both loaders build the model in."""
     import torch
     from safetensors.torch import save_file
 
@@ -100,6 +118,9 @@ def save_quantized(
     from llm1bit.quant.packing import packed_nbytes
 
     out = Path(out)
+    stored_dtype = storage_dtype(getattr(model.config, "dtype", None), save_dtype)
+    to_dtype = getattr(torch, stored_dtype)
+    packed_keys = {f"{name}.{key}" for name, mod in quant_linears(model).items() for key in mod.packed_names}
     tensors: dict[str, torch.Tensor] = {}
     seen: set[int] = set()
     for name, tensor in model.state_dict().items():
@@ -107,7 +128,12 @@ def save_quantized(
         if ptr in seen:  # a tied weight (lm_head = embed_tokens): stored once, re-tied on load
             continue
         seen.add(ptr)
-        tensors[name] = tensor.detach().cpu().contiguous()
+        tensor = tensor.detach()
+        if name not in packed_keys and tensor.is_floating_point() and tensor.dtype != to_dtype:
+            stored = tensor.to(to_dtype)
+            tensor.copy_(stored)  # the in-memory model is what the folder holds
+            tensor = stored
+        tensors[name] = tensor.cpu().contiguous()
     modules: dict[str, dict[str, Any]] = {}
     for name, mod in quant_linears(model).items():
         packed = {key: t.detach().cpu().contiguous() for key, t in mod.packed_tensors().items()}
@@ -123,7 +149,7 @@ def save_quantized(
     os.umask(umask)
     os.chmod(out / WEIGHTS_NAME, 0o666 & ~umask)  # like the other files, not owner-only
 
-    qconfig = build_quantization_config(model, spec_dict, modules, extra or {})
+    qconfig = build_quantization_config(model, spec_dict, modules, {**(extra or {}), "save_dtype": stored_dtype})
     config = model.config.to_dict()
     config.pop("quantization_config", None)
     config[BASE_MODEL_TYPE_KEY] = config["model_type"]
@@ -332,6 +358,11 @@ def load_quantized(
         model = AutoModelForCausalLM.from_config(config, dtype=dtype)
     layer_shapes = build_shells(model, qc["modules"], weights, dtype)
     tensors = load_file(str(weights))
+    packed_keys = {f"{name}.{key}" for name, mod in quant_linears(model).items() for key in mod.packed_names}
+    tensors = {  # unquantized tensors are stored in 16 bits; the model computes in its config's dtype
+        key: t.to(dtype) if t.is_floating_point() and key not in packed_keys else t
+        for key, t in tensors.items()
+    }
     result = model.load_state_dict(tensors, strict=False, assign=True)
     if result.unexpected_keys:
         raise UserError(f"{path}: unexpected tensors {', '.join(result.unexpected_keys[:5])}")

@@ -246,6 +246,23 @@ def check_safetensors(folder: Path) -> None:
         safetensors_sizes(file)
 
 
+def check_model_source(source: str | os.PathLike) -> None:
+    """Refuse, in one line and without loading anything, a model source that cannot be a model: a folder
+    without config.json, a missing .gguf file, another kind of file, or a name that is no hub id."""
+    text = str(source)
+    path = Path(text).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UserError(f"model folder {path} has no config.json")
+    elif path.suffix.lower() == ".gguf":
+        if not path.is_file():
+            raise UserError(f"GGUF file {path} does not exist")
+    elif path.exists():
+        raise UserError(f"--model {text}: expected a model folder or a .gguf file")
+    elif not _HUB_ID.match(text) or text.startswith((".", "/", "~")):
+        raise UserError(f"model {text!r} does not exist (not a local folder, .gguf file or hub id)")
+
+
 def load_model(
     source: str | os.PathLike, dtype: str = "auto"
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -255,6 +272,7 @@ def load_model(
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _quiet_transformers()
+    check_model_source(source)
     text = str(source)
     path = Path(text).expanduser()
     if path.is_dir():
@@ -262,8 +280,6 @@ def load_model(
             from llm1bit.quant.checkpoint import load_quantized
 
             return load_quantized(path, with_tokenizer=True)
-        if not (path / "config.json").is_file():
-            raise UserError(f"model folder {path} has no config.json")
         check_safetensors(path)
         try:
             model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
@@ -271,13 +287,7 @@ def load_model(
         except (OSError, ValueError, KeyError) as exc:
             raise UserError(f"cannot load model from {path}: {_first_line(exc)}") from None
     elif path.suffix.lower() == ".gguf":
-        if not path.is_file():
-            raise UserError(f"GGUF file {path} does not exist")
         model, tokenizer = _load_gguf(path)
-    elif path.exists():
-        raise UserError(f"--model {text}: expected a model folder or a .gguf file")
-    elif not _HUB_ID.match(text) or text.startswith((".", "/", "~")):
-        raise UserError(f"model {text!r} does not exist (not a local folder, .gguf file or hub id)")
     else:
         model, tokenizer = _load_hub(text, dtype)
     model.eval()

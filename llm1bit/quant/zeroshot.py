@@ -134,6 +134,36 @@ def _env(**values: str):
 
 
 @contextlib.contextmanager
+def _quiet_subprocess_stderr(console: Console | None):
+    """File descriptor 2 goes to /dev/null for the block, so subprocesses lm-eval starts (its `git describe`
+    probe prints "fatal: not a git repository" outside a checkout) stay off the terminal; `console`, if any,
+    keeps writing to the real stderr through a duplicate of it."""
+    import sys
+
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real stderr (an embedding host): nothing to protect
+        yield
+        return
+    old_file = console.file if console is not None else None
+    real = os.fdopen(os.dup(saved), "w", buffering=1)
+    if console is not None:
+        console.file = real
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, 2)
+    os.close(devnull)
+    try:
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        if console is not None:
+            console.file = old_file
+        real.close()
+
+
+@contextlib.contextmanager
 def _offline_if_hub_unreachable(check: bool):
     """With no hub, datasets and huggingface_hub go offline for the block (restored after it), so an uncached
     task fails at once instead of after minutes of retries; cached task data still loads."""
@@ -296,7 +326,7 @@ def run_tasks(
     # lm-eval prints notices to stdout and tqdm bars to stderr: stdout stays for our table / JSON, and
     # progress is `console`'s rich bar (a Console made with an explicit file, so it still reaches it).
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        with _env(DISABLE_MULTIPROC="1", TOKENIZERS_PARALLELISM="false"):
+        with _env(DISABLE_MULTIPROC="1", TOKENIZERS_PARALLELISM="false"), _quiet_subprocess_stderr(console):
             out = lm_eval.simple_evaluate(
                 model=lm,
                 tasks=tasks,

@@ -234,3 +234,43 @@ def test_help_has_examples() -> None:
     for command in ("quantize", "eval"):
         result = invoke(command, "--help")
         assert result.exit_code == 0 and "Examples:" in result.output
+
+
+@pytest.mark.parametrize(
+    ("save_dtype", "want"),
+    [(None, torch.float16), ("bfloat16", torch.bfloat16), ("float32", torch.float32)],
+    ids=["auto", "bf16", "f32"],
+)
+def test_unquantized_tensors_are_saved_in_16_bits(tmp_path: Path, save_dtype: str | None, want) -> None:
+    """stories260K declares float32 (as a GGUF source does once dequantized): by default its embeddings and
+    norms are written in float16, so the folder is smaller than the FP16 model; --save-dtype overrides it.
+    Whatever the storage, the model computes in float32 and the reloaded folder equals what was written."""
+    from safetensors.torch import load_file
+
+    from llm1bit.quant.checkpoint import load_quantized
+
+    out = tmp_path / "rtn4"
+    extra = ["--save-dtype", save_dtype] if save_dtype else []
+    result = invoke("quantize", "--model", STORIES, "--method", "rtn", "--wbits", "4", "-o", str(out), *extra)
+    assert result.exit_code == 0, result.output
+    config = json.loads((out / "config.json").read_text())
+    assert config["dtype"] == "float32"
+    assert config["quantization_config"]["save_dtype"] == str(want).removeprefix("torch.")
+    stored = load_file(str(out / "model.safetensors"))
+    modules = tuple(f"{name}." for name in config["quantization_config"]["modules"])
+    plain = {k: t.dtype for k, t in stored.items() if not k.startswith(modules)}
+    assert plain and set(plain.values()) == {want}, plain
+    size = (out / "model.safetensors").stat().st_size
+    if want != torch.float32:
+        assert size < 2 * 260_032, size  # smaller than the FP16 model
+    model = load_quantized(out)
+    assert model.dtype == torch.float32
+    assert torch.equal(model.model.embed_tokens.weight, stored["model.embed_tokens.weight"].float())
+
+
+def test_save_dtype_choices_are_refused_in_one_line(tmp_path: Path) -> None:
+    result = invoke(
+        "quantize", "--model", STORIES, "--method", "rtn", "--save-dtype", "fp8", "-o", str(tmp_path / "x")
+    )
+    assert result.exit_code != 0 and "fp8" in result.output and "float16" in result.output
+    assert not (tmp_path / "x").exists()

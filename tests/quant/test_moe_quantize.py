@@ -194,12 +194,13 @@ def test_quantize_moe_end_to_end(kind, spec, tmp_path) -> None:
     text = console.export_text()
     assert "tokens/expert" in text and "model.layers.0.mlp.experts.down_proj.3" in text
 
-    # save -> reload (llm1bit's loader and transformers'): the same logits, bit for bit
+    # save -> reload (llm1bit's loader and transformers'): the same logits as the saved model, bit for bit
+    # (saving rounds the unquantized tensors to their 16-bit storage, in memory too)
     ids = windows(2, 16)
+    qconfig = save_quantized(model, None, tmp_path, spec.validate().to_dict())
     with torch.no_grad():
         logits = model(input_ids=ids).logits
     assert torch.isfinite(logits).all()
-    qconfig = save_quantized(model, None, tmp_path, spec.validate().to_dict())
     assert qconfig["modules"]["model.layers.0.mlp.experts.gate_up_proj.3"]["shape"] == [
         2 * model.model.layers[0].mlp.experts.intermediate_dim,
         32,

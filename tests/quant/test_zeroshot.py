@@ -160,3 +160,27 @@ def test_option_errors_are_one_line(args: list[str], message: str) -> None:
     result = invoke("eval", "--model", STORIES, *args)
     assert result.exit_code == 1 and message in result.output, result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+def test_missing_model_is_reported_before_the_tasks() -> None:
+    """The model is checked first: an unknown task with a missing model names the model."""
+    result = invoke("eval", "--model", "no/such/folder", "--tasks", "hellaswag")
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "no/such/folder" in lines[0] and "does not exist" in lines[0], result.output
+
+
+def test_no_git_probe_outside_a_checkout(tmp_path: Path) -> None:
+    """A real process run outside any git checkout: lm-eval's `git describe` probe never reaches stderr."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "GIT_CEILING_DIRECTORIES": str(tmp_path.parent), "HF_HUB_OFFLINE": "1"}
+    run = subprocess.run(
+        [sys.executable, "-m", "llm1bit.cli", "eval", "--model", STORIES, "--tasks", "tinystories_lastword",
+         "--limit", "2", "--json"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert "fatal" not in run.stderr and "not a git repository" not in run.stderr, run.stderr
+    assert json.loads(run.stdout)["results"]["tinystories_lastword"]["docs"] == 2
