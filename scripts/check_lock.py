@@ -50,7 +50,9 @@ def differences(pins: dict[str, str], have: dict[str, str], exact: bool) -> list
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("lock", type=Path)
     parser.add_argument("--exact", action="store_true", help="also refuse locked packages that are missing")
     args = parser.parse_args()

@@ -149,7 +149,9 @@ def save_quantized(
     os.umask(umask)
     os.chmod(out / WEIGHTS_NAME, 0o666 & ~umask)  # like the other files, not owner-only
 
-    qconfig = build_quantization_config(model, spec_dict, modules, {**(extra or {}), "save_dtype": stored_dtype})
+    qconfig = build_quantization_config(
+        model, spec_dict, modules, {**(extra or {}), "save_dtype": stored_dtype}
+    )
     config = model.config.to_dict()
     config.pop("quantization_config", None)
     config[BASE_MODEL_TYPE_KEY] = config["model_type"]
