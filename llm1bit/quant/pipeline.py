@@ -240,9 +240,19 @@ def capture_layer_kwargs(
     last = len(stack.layers) - 1
 
     class Recorder(nn.Module):
-        def __init__(self, index: int) -> None:
+        """Stands in for decoder layer `index`; attributes the model's forward reads from its layers (e.g.
+        transformers 5.0's Gemma-2/3 `attention_type`) come from the real layer."""
+
+        def __init__(self, index: int, layer: nn.Module) -> None:
             super().__init__()
             self.index = index
+            object.__setattr__(self, "_layer", layer)  # not a submodule: nothing is moved or counted twice
+
+        def __getattr__(self, name: str) -> Any:
+            try:
+                return super().__getattr__(name)
+            except AttributeError:
+                return getattr(object.__getattribute__(self, "_layer"), name)
 
         def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
             store.append({k: v for k, v in kwargs.items() if k != "hidden_states"})
@@ -253,7 +263,7 @@ def capture_layer_kwargs(
     parent_name, _, attr = stack.prefix.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     _move_outside_layers(model, stack, device)
-    setattr(parent, attr, nn.ModuleList(Recorder(i) for i in range(len(stack.layers))))
+    setattr(parent, attr, nn.ModuleList(Recorder(i, layer) for i, layer in enumerate(stack.layers)))
     try:
         with torch.no_grad():
             model(input_ids=window[None].to(device), use_cache=False)
