@@ -71,11 +71,15 @@ class Cost:
         return self.ops_j + self.sram_j + self.dram_j
 
 
-def _bytes(ifmap: int, filt: int, ofmap: int, act_bits: float, filter_bits: float) -> float:
+def word_bytes(ifmap, filt, ofmap, act_bits, filter_bits):
+    """Bytes of the three operands' words; also takes NumPy arrays (bulk pricing, the same operations)."""
     return (ifmap * act_bits + filt * filter_bits + ofmap * act_bits) / 8
 
 
-def price(gemm: Gemm, counters: Counters, hw: Hardware, pricing: Pricing) -> Cost:
+def operand_costs(gemm: Gemm, pricing: Pricing) -> tuple[float | None, float, float]:
+    """What a GEMM's price takes from its shape and precision alone, not from its counters: the code width
+    of its weights (None for attention products), the bits moved per filter element, and the operations'
+    energy (J)."""
     p = pricing.precision
     m, n, k = gemm.shape
     if gemm.part == MATMUL_FREE:
@@ -86,18 +90,33 @@ def price(gemm: Gemm, counters: Counters, hw: Hardware, pricing: Pricing) -> Cos
     else:
         weight_bits, filter_bits = None, p.kv_bits
         ops = attention_ops(p.act_bits, p.kv_bits, m, n, k)
-    c = counters
-    sram = _bytes(c.sram_ifmap_reads, c.sram_filter_reads, c.sram_ofmap_writes, p.act_bits, filter_bits)
-    dram = _bytes(c.dram_ifmap_reads, c.dram_filter_reads, c.dram_ofmap_writes, p.act_bits, filter_bits)
-    table = pricing.energy
+    return weight_bits, filter_bits, ops_energy_pj(ops, pricing.energy) * 1e-12
+
+
+def seconds(cycles, dram_bytes, freq_mhz, dram_gbps):
+    """(compute, memory) seconds of the roofline; also takes NumPy arrays (bulk pricing, same operations)."""
+    return cycles / (freq_mhz * 1e6), dram_bytes / (dram_gbps * 1e9)
+
+
+def joules(nbytes, pj_per_byte: float):
+    """Energy of moving `nbytes`; also takes NumPy arrays (bulk pricing, the same operations)."""
+    return nbytes * pj_per_byte * 1e-12
+
+
+def price(gemm: Gemm, counters: Counters, hw: Hardware, pricing: Pricing) -> Cost:
+    weight_bits, filter_bits, ops_j = operand_costs(gemm, pricing)
+    act, c, table = pricing.precision.act_bits, counters, pricing.energy
+    sram = word_bytes(c.sram_ifmap_reads, c.sram_filter_reads, c.sram_ofmap_writes, act, filter_bits)
+    dram = word_bytes(c.dram_ifmap_reads, c.dram_filter_reads, c.dram_ofmap_writes, act, filter_bits)
+    compute_s, memory_s = seconds(c.cycles, dram, hw.freq_mhz, hw.dram_gbps)
     return Cost(
         weight_bits=weight_bits,
         filter_bits=filter_bits,
         sram_bytes=sram,
         dram_bytes=dram,
-        compute_s=c.cycles / (hw.freq_mhz * 1e6),
-        memory_s=dram / (hw.dram_gbps * 1e9),
-        ops_j=ops_energy_pj(ops, table) * 1e-12,
-        sram_j=sram * table.sram_per_byte * 1e-12,
-        dram_j=dram * table.dram_per_byte * 1e-12,
+        compute_s=compute_s,
+        memory_s=memory_s,
+        ops_j=ops_j,
+        sram_j=joules(sram, table.sram_per_byte),
+        dram_j=joules(dram, table.dram_per_byte),
     )

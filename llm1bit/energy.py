@@ -67,27 +67,32 @@ def _number(path: Path, key: str, value: object) -> float:
     return float(value)
 
 
+TABLE_KEYS = ("name", "unit", "source", "ops", "sram_per_byte", "dram_per_byte")
+
+
 @functools.lru_cache(maxsize=64)
 def load_energy_table(spec: str | Path | None = None) -> EnergyTable:
-    """A built-in table name (`horowitz-45nm`, the default; `shiftaddllm`) or a JSON file of the same format."""
+    """A built-in table name (`horowitz-45nm`, the default; `shiftaddllm`) or a JSON file of the same format.
+
+    A file is labelled by the path given, never by the `name` inside it: a user's table that calls itself
+    `shiftaddllm` must not pass for the built-in one (its sha256 tells the contents apart)."""
+    if spec is not None and not str(spec).strip():
+        raise UserError(f"--energy-table '': give {' or '.join(BUILTIN_TABLES)} or a JSON file")
     spec = str(spec or BUILTIN_TABLES[0])
-    path = TABLE_DIR / f"{spec}.json" if spec in BUILTIN_TABLES else Path(spec)
+    builtin = spec in BUILTIN_TABLES
+    path = TABLE_DIR / f"{spec}.json" if builtin else Path(spec)
     if not path.is_file():
         if "/" in spec or spec.endswith(".json"):
             raise UserError(f"energy table {spec} does not exist")
         raise unknown_choice("energy table", spec, BUILTIN_TABLES)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read energy table {path}: {exc}") from None
-    except json.JSONDecodeError as exc:
-        raise UserError(
-            f"malformed energy table {path}: not valid JSON ({exc.msg} at line {exc.lineno})"
-        ) from None
+    from llm1bit.jsonfile import check_keys, read_json
+
+    data = read_json(path, "energy table")
     if not isinstance(data, dict) or not isinstance(data.get("ops"), dict):
         raise UserError(
             f"malformed energy table {path}: expected an object with an `ops` object (see README)"
         )
+    check_keys(data, TABLE_KEYS, f"malformed energy table {path}")
     missing = [k for k in (*("sram_per_byte", "dram_per_byte"),) if k not in data]
     missing += [f"ops.{k}" for k in OP_NAMES if k not in data["ops"]]
     if missing:
@@ -102,7 +107,7 @@ def load_energy_table(spec: str | Path | None = None) -> EnergyTable:
     ops = tuple((k, _number(path, f"ops.{k}", data["ops"][k])) for k in OP_NAMES)
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":")).encode()
     return EnergyTable(
-        name=str(data.get("name") or path.stem),
+        name=spec,
         source=str(data.get("source", "")),
         ops=ops,
         sram_per_byte=_number(path, "sram_per_byte", data["sram_per_byte"]),

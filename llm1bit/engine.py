@@ -13,6 +13,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import socket
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -160,6 +161,8 @@ def _run_missing(
     total = len(missing)
     if progress:
         progress(0, total)
+    if not missing:  # everything stored: no pool, no Ray runtime to start or reach
+        return
 
     from llm1bit.backends.scalesim_runner import SCALESIM_VERSION
 
@@ -226,6 +229,8 @@ def _ray(missing: list[Pair], executor: Executor) -> Iterator[tuple[Pair, Counte
     except ModuleNotFoundError:
         raise UserError("--executor ray needs Ray: pip install 'llm1bit[ray]'") from None
     started = not ray.is_initialized()
+    if started and executor.address:
+        check_ray_address(executor.address)
     if started:
         options = {"address": executor.address} if executor.address else {
             "num_cpus": executor.jobs, "_node_ip_address": "127.0.0.1", "include_dashboard": False,
@@ -248,6 +253,47 @@ def _ray(missing: list[Pair], executor: Executor) -> Iterator[tuple[Pair, Counte
     finally:
         if started:
             ray.shutdown()
+
+
+RAY_CONNECT_TIMEOUT_S = 5.0
+RAY_CLIENT_PORT = 10001  # Ray Client's default port (ray://HOST)
+
+
+def check_ray_address(address: str, timeout_s: float = RAY_CONNECT_TIMEOUT_S) -> None:
+    """Refuse, within seconds, a HOST:PORT (a cluster's GCS) or ray://HOST[:PORT] (Ray Client) where nothing
+    listens: Ray itself retries for minutes (GCS) or 30 s (ray://), printing warnings. `auto` and other
+    forms are left to Ray."""
+    scheme, sep, rest = address.strip().partition("://")
+    if not sep:
+        scheme, rest = "", address.strip()
+    rest = rest.rstrip("/")
+    if scheme not in ("", "ray") or (not scheme and ":" not in rest) or not rest:
+        return
+    host, colon, port_text = rest.rpartition(":")
+    if not colon or "]" in port_text:  # ray://HOST or ray://[v6]: the client's default port
+        host, port_text = rest, str(RAY_CLIENT_PORT)
+    host = host.strip("[]")
+    try:
+        port = int(port_text)
+    except ValueError:
+        raise UserError(
+            f"--ray-address {address}: {port_text!r} is not a port; give HOST:PORT, ray://HOST:10001 or auto"
+        ) from None
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            pass
+    except OSError as exc:
+        reason = (
+            "connection refused"
+            if isinstance(exc, ConnectionRefusedError)
+            else f"no answer within {timeout_s:g} s"
+            if isinstance(exc, TimeoutError)
+            else exc.strerror or str(exc)
+        )
+        raise UserError(
+            f"cannot reach a Ray cluster at {address}: {reason}; start one there (`ray start --head`) "
+            "or check the address and port"
+        ) from None
 
 
 @dataclass(frozen=True)

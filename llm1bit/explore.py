@@ -1,9 +1,10 @@
 """Design-space exploration: a TOML space file expanded into simulation points.
 
 Every dimension `simulate` accepts is a list (or a range table) in the space file; the product of all
-of them, filtered by the constraints and deduplicated, is the set of points. Points are simulated by
-`sweep.run_points` (distinct GEMM runs once, the verified store first, then an executor), so a
-re-run recomputes nothing.
+of them, filtered by the constraints and deduplicated, is the set of points. Each distinct GEMM run is
+simulated once (engine.evaluate: the verified store first, then an executor), so a re-run recomputes
+nothing; then the rows are priced in bulk and written as they come (bulk.BulkTable), so memory stays
+flat however large the space.
 
     backend = "scalesim"                  # or "analytic"
     models = ["opt-350m", "llama-7b"]     # names or config.json paths
@@ -34,10 +35,18 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, TextIO
+
+import numpy as np
 
 from llm1bit.errors import UserError
+
+if TYPE_CHECKING:
+    from llm1bit.bulk import Block, BulkTable
 
 TOP_KEYS = {
     "backend",
@@ -142,7 +151,15 @@ class Space:
     hardware: tuple
     constraints: dict
 
+    @property
+    def size(self) -> int:
+        """Number of points (each axis holds distinct values, so every combination is one point)."""
+        return math.prod(
+            map(len, (self.models, self.hardware, self.seq_lens, self.phases, self.batches, self.pricings))
+        )
+
     def points(self) -> list:
+        """Every point, in the table's row order (`bulk.BulkTable` prices them without building this list)."""
         from llm1bit.sweep import Point
 
         combos = itertools.product(
@@ -251,11 +268,8 @@ def load_space(path: str | Path) -> Space:
         hardware=tuple(dict.fromkeys(hardware)),
         constraints=constraints,
     )
-    size = math.prod(
-        map(len, (space.models, space.hardware, space.seq_lens, space.phases, space.batches, space.pricings))
-    )
-    if size > MAX_POINTS:
-        raise UserError(f"space file {path}: {size} points; at most {MAX_POINTS} are allowed")
+    if space.size > MAX_POINTS:
+        raise UserError(f"space file {path}: {space.size} points; at most {MAX_POINTS} are allowed")
     return space
 
 
@@ -271,63 +285,179 @@ def _allowed(hw, constraints: dict) -> bool:
 
 # --- outputs ---------------------------------------------------------------------------------------
 
+# pyarrow's default row group (write_table splits a table at this size): streamed, the file is the same
+PARQUET_ROW_GROUP = 1024 * 1024
 
-def write_table(path: Path, splits: list) -> None:
-    """One row per point (every setting and metric, nothing about how it ran): CSV, or Parquet by suffix."""
-    from llm1bit.atomic import atomic_path, atomic_write_text
-    from llm1bit.sweep import CSV_COLUMNS, csv_row, to_csv
 
-    if path.suffix.lower() != ".parquet":
-        atomic_write_text(path, to_csv(splits))
-        return
+@dataclass
+class Exploration:
+    """A space whose simulator runs are done: its table is priced and written by `write`."""
+
+    table: BulkTable
+    references: list  # Splits of the paper's cloud and edge designs (the plot's stars), if plotting
+
+    def write(self, output: Path, plot: Path | None = None) -> int:
+        """Write the table (one row per point, in the space's order) as rows are priced, then the plot;
+        returns the number of rows. `--plot` keeps two floats per point."""
+        drawn = PlotPoints() if plot else None
+        rows = write_table(output, self.table, drawn.add if drawn else None)
+        if plot is not None:
+            plot_pareto(plot, drawn, self.references)
+        return rows
+
+
+def simulate_space(
+    space: Space,
+    output: Path,
+    plot: Path | None = None,
+    cache=None,
+    jobs: int | None = None,
+    progress=None,
+    report=None,
+    executor=None,
+) -> Exploration:
+    """Every simulator run a space needs (the store, then the executor: resumable, Ctrl-C keeps what
+    finished), the plot's references too; the rows are priced later, block by block, as
+    `Exploration.write` writes them, so memory does not grow with the space."""
+    from llm1bit.bulk import BulkTable
+    from llm1bit.sweep import run_points
+
+    if _is_parquet(output):
+        _need_pyarrow()
+    table = BulkTable(space, cache, jobs, progress, report, executor, parquet=_is_parquet(output))
+    hardware = set(space.hardware)
+    refs = [p for p in reference_points(space) if p.hw not in hardware] if plot else []
+    references = (
+        run_points(refs, space.backend, cache, jobs, progress, report=report, executor=executor)
+        if refs
+        else []
+    )
+    return Exploration(table, references)
+
+
+def _is_parquet(path: Path) -> bool:
+    return path.suffix.lower() == ".parquet"
+
+
+def _need_pyarrow() -> None:
     try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+        import pyarrow  # noqa: F401
     except ModuleNotFoundError:
         raise UserError(
             "Parquet output needs pyarrow: pip install 'llm1bit[parquet]' (or write a .csv)"
         ) from None
-    rows = [csv_row(s) for s in splits]
-    table = pa.table({c: [_number(r[c]) for r in rows] for c in CSV_COLUMNS})
+
+
+def write_table(path: Path, table: BulkTable, on_block: Callable[[Block], None] | None = None) -> int:
+    """Write the rows block by block as they are priced (every setting and metric, nothing about how it
+    ran): CSV, or Parquet by suffix; atomically (nothing is left on an error or Ctrl-C). Returns the rows
+    written."""
+    from llm1bit.atomic import atomic_path, is_stdout
+
+    if _is_parquet(path):
+        _need_pyarrow()
+    blocks = table.blocks()
+    if on_block is not None:
+        blocks = _tapped(blocks, on_block)
+    if is_stdout(path):
+        return _write_csv(sys.stdout, blocks)
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+        if _is_parquet(path):
+            return _write_parquet(tmp, table, blocks)
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            return _write_csv(f, blocks)
 
 
-def _number(value):
-    """CSV text fields that hold numbers become numbers in Parquet."""
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            return value
-    return value
+def _tapped(blocks: Iterable[Block], on_block: Callable[[Block], None]) -> Iterator[Block]:
+    for block in blocks:
+        on_block(block)
+        yield block
 
 
-def pareto_front(points: list[tuple[float, float]]) -> list[int]:
+def _write_csv(f: TextIO, blocks: Iterable[Block]) -> int:
+    from llm1bit.bulk import csv_fields
+    from llm1bit.sweep import CSV_COLUMNS
+
+    f.write(csv_fields(CSV_COLUMNS) + "\n")
+    rows = 0
+    for block in blocks:
+        f.write(block.csv())
+        rows += len(block)
+    f.flush()
+    return rows
+
+
+def _write_parquet(path: Path, table: BulkTable, blocks: Iterable[Block]) -> int:
+    """Row groups of PARQUET_ROW_GROUP rows, column types decided up front from every value type a column
+    holds: the bytes pq.write_table gives for the whole table at once."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from llm1bit.sweep import CSV_COLUMNS
+
+    samples = table.parquet_samples()
+    schema = pa.schema([(c, pa.array(samples[c]).type) for c in CSV_COLUMNS])
+    pending, held, rows = [], 0, 0
+    with pq.ParquetWriter(path, schema) as writer:
+        for block in blocks:
+            arrays = [pa.array(block.columns[c], type=schema.field(c).type) for c in CSV_COLUMNS]
+            pending.append(pa.Table.from_arrays(arrays, schema=schema))
+            held += len(block)
+            rows += len(block)
+            while held >= PARQUET_ROW_GROUP:
+                whole = pa.concat_tables(pending).combine_chunks()
+                writer.write_table(whole.slice(0, PARQUET_ROW_GROUP))
+                rest = whole.slice(PARQUET_ROW_GROUP).combine_chunks()
+                pending, held = [rest], len(rest)
+        if held:
+            writer.write_table(pa.concat_tables(pending).combine_chunks())
+    return rows
+
+
+def pareto_front(points) -> list[int]:
     """Indices of the points no other point beats in both coordinates (lower is better), by x."""
-    order = sorted(range(len(points)), key=lambda i: points[i])
-    front, best = [], math.inf
-    for i in order:
-        if points[i][1] < best:
-            front.append(i)
-            best = points[i][1]
-    return front
+    xy = np.asarray(points, dtype=float).reshape(-1, 2)
+    if not len(xy):
+        return []
+    order = np.lexsort((xy[:, 1], xy[:, 0]))  # by x, then y, then index (a stable sort)
+    y = xy[order, 1]
+    best_before = np.minimum.accumulate(np.concatenate(([np.inf], y[:-1])))
+    return order[y < best_before].tolist()
 
 
-def plot_pareto(path: Path, splits: list, references: list) -> None:
+class PlotPoints:
+    """Time and energy per token of every point, by model (what --plot draws): two floats a point."""
+
+    def __init__(self) -> None:
+        self.x: list[np.ndarray] = []
+        self.y: list[np.ndarray] = []
+        self.models: list[str] = []
+
+    def add(self, block: Block) -> None:
+        self.x.append(1 / block.tokens_per_s)
+        self.y.append(block.energy_j / block.tokens)
+        self.models.append(block.model.name)
+
+    def groups(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        out: dict[str, tuple[list, list]] = {}
+        for name, x, y in zip(self.models, self.x, self.y):
+            xs, ys = out.setdefault(name, ([], []))
+            xs.append(x)
+            ys.append(y)
+        return {name: (np.concatenate(xs), np.concatenate(ys)) for name, (xs, ys) in out.items()}
+
+
+def plot_pareto(path: Path, drawn: PlotPoints, references: list) -> None:
     """Decode time vs energy per token of every point, the Pareto front, the paper's cloud and edge marked."""
     from llm1bit.figures.common import model_color, new_figure, save_figure
 
     fig = new_figure(8.5, 6)
     ax = fig.subplots()
-    xy = [(1 / s.tokens_per_s, s.energy_j / _tokens(s)) for s in splits]
-    groups = {}
-    for s, p in zip(splits, xy):
-        groups.setdefault(s.model.name, []).append(p)
-    for name, pts in groups.items():
-        ax.scatter(*zip(*pts), s=10, alpha=0.5, color=model_color(name), label=name)
-    front = pareto_front(xy)
-    ax.plot([xy[i][0] for i in front], [xy[i][1] for i in front], color="black", lw=1.2, label="Pareto front")
+    for name, (x, y) in drawn.groups().items():
+        ax.scatter(x, y, s=10, alpha=0.5, color=model_color(name), label=name)
+    x, y = np.concatenate(drawn.x), np.concatenate(drawn.y)
+    front = pareto_front(np.column_stack((x, y)))
+    ax.plot(x[front], y[front], color="black", lw=1.2, label="Pareto front")
     for ref in references:
         ax.scatter([1 / ref.tokens_per_s], [ref.energy_j / _tokens(ref)], marker="*", s=180, color=model_color(ref.model.name),
                    edgecolors="black", zorder=4)  # fmt: skip
@@ -339,7 +469,7 @@ def plot_pareto(path: Path, splits: list, references: list) -> None:
     ax.set_ylabel("energy per token (J)")
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)
-    title = f"Design space: {len(splits)} points, Pareto front of time vs energy per token"
+    title = f"Design space: {len(x)} points, Pareto front of time vs energy per token"
     ax.set_title(title, fontsize=10)
     save_figure(fig, path, title, "")
 

@@ -122,6 +122,18 @@ def read_cfg(path: str | Path) -> Hardware:
         raise UserError(
             f"malformed hardware config {path}: Bandwidth {bandwidth_raw!r} is not an integer"
         ) from None
+    if cp.has_section(
+        LLM1BIT_SECTION
+    ):  # our own section: a misspelt key would silently keep the default clock
+        known = ("FrequencyMHz", "DramBandwidthGBps")
+        unknown = [
+            k for k in cp[LLM1BIT_SECTION] if k not in {x.lower() for x in known} and k not in cp.defaults()
+        ]
+        if unknown:
+            raise UserError(
+                f"malformed hardware config {path}: [{LLM1BIT_SECTION}] has unknown key {unknown[0]!r}; "
+                f"allowed: {', '.join(known)}"
+            )
     name = cp.get("general", "run_name", fallback=path.stem).strip() or path.stem
     return Hardware(
         name=name,

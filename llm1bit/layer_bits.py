@@ -174,6 +174,7 @@ def _attach(model: ModelSpec, per_module: dict[str, ProjBits], what: str) -> Mod
             groups.setdefault(head, []).append(name)
             groups.setdefault(head.rpartition(".")[0], []).append(name)
     blocks: list[dict[str, ProjBits]] = [{} for _ in range(model.n_layers)]
+    named: dict[tuple, str] = {}  # (block, projection) or (block, fused, expert) -> the name that gave it
     experts: dict[tuple[int, str, str], dict[int, ProjBits]] = {}
     # groups first, so an expert slice named as well overrides its group (as `quantize --bits-config`)
     for name, pb in sorted(per_module.items(), key=lambda item: item[0] not in groups):
@@ -185,6 +186,12 @@ def _attach(model: ModelSpec, per_module: dict[str, ProjBits], what: str) -> Mod
             )
         for target in groups.get(name, [name]):
             where = names[target]
+            key = (where[0], where[2], where[3]) if where[1] == _SLICE else where
+            if key in named and named[key] not in groups:  # two names of one module (e.g. Gemma-3's aliases)
+                raise UserError(
+                    f"{what} gives {named[key]} and {name}, two names of one module; give it once"
+                )
+            named[key] = name
             if where[1] == _SLICE:
                 head = target[: -len(f"{where[2]}.{where[3]}")]
                 experts.setdefault((where[0], head, where[2]), {})[where[3]] = pb
@@ -219,25 +226,73 @@ def _attach(model: ModelSpec, per_module: dict[str, ProjBits], what: str) -> Mod
     return dataclasses.replace(model, proj_bits=proj_bits)
 
 
+# The top-level keys of a bits file: what `llm1bit bits` writes (commands/bits.py result_json). Only `layers`
+# and `settings.mode` decide numbers here; any other key is a typo the simulation would silently ignore.
+BITS_FILE_KEYS = (
+    "layers", "average_bits", "budget", "objective", "solver", "solve_seconds", "settings", "error", "fits",
+    "kendall_tau", "kendall_tau_per_param", "kendall_tau_refined", "kendall_tau_refined_held_out",
+    "sublayers", "fallback", "timings",
+)  # fmt: skip
+BITS_MODES = {"lat": "bcq-lat", "acc": "bcq-acc"}  # settings.mode -> the format of widths 1 to 8
+
+
+def read_bits_file(path: str | Path) -> tuple[dict[str, object], str | None]:
+    """({module: bits as given}, settings.mode) of a bits file, read strictly: a module (or any key) given
+    twice, an unknown top-level key, a per-layer object with keys other than `bits` or an unknown mode is
+    a one-line error, never a silently dropped value."""
+    from llm1bit.jsonfile import check_keys, read_json
+
+    data = read_json(path, "bits config")
+    layers = data.get("layers") if isinstance(data, dict) else None
+    if not isinstance(layers, dict) or not layers:
+        raise UserError(f'bits config {path} needs a non-empty "layers" object {{"<module name>": bits}}')
+    if "mode" in data:  # the likeliest slip: the mode beside the layers, where nothing reads it
+        raise UserError(
+            f'bits config {path}: "mode" belongs in "settings" ({{"settings": {{"mode": "lat"}}}})'
+        )
+    check_keys(data, BITS_FILE_KEYS, f"bits config {path}")
+    settings = data.get("settings", {})
+    if not isinstance(settings, dict):
+        raise UserError(f"bits config {path}: settings must be an object")
+    mode = settings.get("mode")
+    if mode is not None and mode not in BITS_MODES:
+        raise UserError(f"bits config {path}: settings.mode {mode!r}; allowed: {', '.join(BITS_MODES)}")
+    out = {}
+    for name, value in layers.items():
+        if isinstance(value, dict):
+            check_keys(value, ("bits",), f"bits config {path}: layers.{name}")
+            value = value.get("bits")
+        out[name] = value
+    return out, mode
+
+
 def with_bits_config(model: ModelSpec, path: str | Path) -> ModelSpec:
     """Attach the widths of a `llm1bit bits` file (or any {"layers": {module: bits}}) to a config-given model.
 
     The format follows the file's `settings.mode` (lat: bcq-lat, acc: bcq-acc), else each width's default."""
-    from llm1bit.quant.pipeline import read_bits_config
-
-    layers = read_bits_config(str(path))
-    try:
-        mode = json.loads(Path(path).read_text()).get("settings", {}).get("mode")
-    except (AttributeError, ValueError):
-        mode = None
+    layers, mode = read_bits_file(path)
     out = {}
     for name, bits in layers.items():
         if isinstance(bits, bool) or not isinstance(bits, (int, float)):
             raise UserError(f"bits config {path} gives {name} {bits!r} bits; allowed: a number > 0 and <= 32")
         bits = check_bits(f"bits config {path}: {name}", bits)
-        fmt = {"lat": "bcq-lat", "acc": "bcq-acc"}.get(mode) if bits == int(bits) and bits <= 8 else None
+        fmt = BITS_MODES.get(mode) if bits == int(bits) and bits <= 8 else None
         out[name] = ProjBits(bits, check_format(fmt or default_format(bits), bits))
+    raw = sorted({pb.bits for pb in out.values() if pb.fmt == "raw"})
+    if raw:
+        warn(
+            f"bits config {path}: widths {', '.join(f'{b:g}' for b in raw)} are priced as format raw, exactly "
+            "that many bits per weight with no scales or zero points"
+        )
     return _attach(model, out, f"bits config {path}")
+
+
+def priced_by_point(model: ModelSpec) -> bool:
+    """Whether any projection of `model` takes the point's weight width (one without per-layer bits, or a
+    router, which `llm1bit quantize` keeps at its precision)."""
+    from llm1bit.workload import MATMUL_FREE, build_workload
+
+    return any(g.part == MATMUL_FREE and g.weight_bits is None for g in build_workload(model, 1))
 
 
 def safetensors_sizes(path: Path) -> dict[str, int]:
@@ -315,10 +370,9 @@ def load_quantized_model(folder: str | Path) -> ModelSpec:
     config_path = folder / "config.json"
     if not folder.is_dir() or not config_path.is_file():
         raise UserError(f"--quantized {folder}: not a folder written by `llm1bit quantize` (no config.json)")
-    try:
-        config = json.loads(config_path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"cannot read {config_path}: {exc}") from None
+    from llm1bit.jsonfile import read_json
+
+    config = read_json(config_path, "config", constants=True)  # a module given twice is refused
     qc = config.get("quantization_config") if isinstance(config, dict) else None
     if not isinstance(qc, dict) or not str(qc.get("quant_method", "")).startswith("llm1bit-"):
         raise UserError(

@@ -8,7 +8,6 @@ architecture (real FFN size, gated FFN, grouped-query attention, number of layer
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -189,15 +188,20 @@ def load_hf_config(path: str | Path) -> ModelSpec:
         path = path / "config.json"
         if not path.is_file():
             raise UserError(f"folder {path.parent} holds no config.json")
-    try:
-        cfg = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise UserError(f"malformed config {path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read config {path}: {exc}") from None
+    from llm1bit.jsonfile import read_json
+
+    cfg = read_json(
+        path, "config", constants=True
+    )  # a key given twice is refused, not read as its last value
     if not isinstance(cfg, dict):
         raise UserError(f"malformed config {path}: expected a JSON object")
-    from llm1bit.hf_config import spec_from_hf_config
+    from llm1bit.hf_config import QUANTIZED_MODEL_TYPE, spec_from_hf_config
+
+    if cfg.get("model_type") == QUANTIZED_MODEL_TYPE:  # its numbers are the architecture's, not the folder's
+        warn(
+            f"{path.parent}: an llm1bit quantized folder given as a model is simulated as its architecture at "
+            "the point's widths; --quantized prices each layer's own widths and packed bytes"
+        )
 
     name = path.parent.name if path.name == "config.json" else path.stem
     return spec_from_hf_config(cfg, path, name=name)

@@ -16,7 +16,10 @@ from llm1bit.errors import UserError, unknown_choice
 # Formats of projection weights. `bits` is the code width; what moves per weight is `bits_moved`.
 WEIGHT_FORMATS = ("fp", "int", "bcq-lat", "bcq-acc", "ternary", "binary", "raw")
 INT_GROUP = 128  # int: one FP16 scale + one FP16 zero per 128 weights of a row (GPTQ / RTN, group 128)
-LAT_GROUP = 128  # bcq-lat: 8 columns x 16 rows share one scale tuple (ShiftAddLLM lat, group 128)
+LAT_COLS, LAT_ROWS = (
+    8,
+    16,
+)  # bcq-lat: 8 columns x 16 rows (128 weights) share one scale tuple (ShiftAddLLM lat)
 APOT_TERMS = 3  # power-of-two terms per scale, one byte each (sign + exponent), as llm1bit writes them
 TRITS_PER_BYTE = 5  # ternary packing: 3^5 = 243 <= 256, so 8 / 5 = 1.6 bits per weight
 TERNARY_BITS = 1.58
@@ -73,10 +76,13 @@ def bits_moved(fmt: str, bits: float, n: int, k: int) -> float:
     """Bits that move per weight of an N x K projection (N outputs, K inputs), overhead included."""
     if fmt in ("fp", "raw"):
         return bits
+    # Groups are whole, as `llm1bit quantize` stores them: a row of K = 172 inputs holds two groups of 128
+    # (the second one partly empty), so int4 moves 4 + 2 x 32 / 172 bits per weight, not 4 + 32 / 128.
     if fmt == "int":  # FP16 scale + FP16 zero per group of 128 inputs of a row
-        return bits + 32 / min(INT_GROUP, k)
+        return bits + 32 * math.ceil(k / INT_GROUP) / k
     if fmt == "bcq-lat":  # q planes, q scale tuples of APOT_TERMS bytes per 8 x 16 block
-        return bits + bits * APOT_TERMS * 8 / LAT_GROUP
+        blocks = math.ceil(k / LAT_COLS) * math.ceil(n / LAT_ROWS)
+        return bits + bits * APOT_TERMS * 8 * blocks / (n * k)
     if fmt == "bcq-acc":  # q scale tuples per input column over all N rows, + the float32 incoherence rescale
         return bits + (bits * APOT_TERMS * 8 + 32) / n
     if fmt == "ternary":  # 5 trits per byte, one FP16 scale per tensor

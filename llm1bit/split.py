@@ -185,35 +185,10 @@ class Split:
 
     def label(self) -> dict:
         """Everything that decides this point's numbers, flat (the leading CSV columns)."""
-        from llm1bit.backends.scalesim_runner import SCALESIM_VERSION
-
-        hw = self.hw
-        return {
-            "model": self.model.name,
-            "model_source": self.model.source,
-            "architecture": self.model.architecture,
-            "hw": hw.name,
-            "hw_file": hw.source,
-            "array_rows": hw.rows,
-            "array_cols": hw.cols,
-            "ifmap_sram_kb": hw.ifmap_sram_kb,
-            "filter_sram_kb": hw.filter_sram_kb,
-            "ofmap_sram_kb": hw.ofmap_sram_kb,
-            "dataflow": hw.dataflow,
-            "hw_fingerprint": hw.fingerprint(),
-            "seq_len": self.seq_len,
-            "phase": self.phase,
-            "batch": self.batch,
-            "backend": self.backend,
-            # the analytic backend is the closed form of this SCALE-Sim version's counters
-            "scalesim_version": SCALESIM_VERSION,
-            **self.pricing.precision.to_dict(),
-            **(self._per_layer_bits() if self.model.proj_bits else {}),
-            "freq_mhz": hw.freq_mhz,
-            "dram_gbps": hw.dram_gbps,
-            "energy_table": self.pricing.energy.name,
-            "energy_table_sha256": self.pricing.energy.sha256,
-        }
+        label = point_label(
+            self.model, self.hw, self.seq_len, self.phase, self.batch, self.backend, self.pricing
+        )
+        return {**label, **self._per_layer_bits()} if self.model.proj_bits else label
 
     def _per_layer_bits(self) -> dict:
         """With per-layer widths: the projections' mean code bits, weighted by their weights, and 'per-layer'."""
@@ -267,3 +242,36 @@ class Split:
                 "llm1bit": __version__,
             },
         }
+
+
+def point_label(
+    model: ModelSpec, hw: Hardware, seq_len: int, phase: str, batch: int, backend: str, pricing: Pricing
+) -> dict:
+    """Everything that decides a point's numbers, flat (the leading CSV columns; per-layer widths aside)."""
+    from llm1bit.backends.scalesim_runner import SCALESIM_VERSION
+
+    return {
+        "model": model.name,
+        "model_source": model.source,
+        "architecture": model.architecture,
+        "hw": hw.name,
+        "hw_file": hw.source,
+        "array_rows": hw.rows,
+        "array_cols": hw.cols,
+        "ifmap_sram_kb": hw.ifmap_sram_kb,
+        "filter_sram_kb": hw.filter_sram_kb,
+        "ofmap_sram_kb": hw.ofmap_sram_kb,
+        "dataflow": hw.dataflow,
+        "hw_fingerprint": hw.fingerprint(),
+        "seq_len": seq_len,
+        "phase": phase,
+        "batch": batch,
+        "backend": backend,
+        # the analytic backend is the closed form of this SCALE-Sim version's counters
+        "scalesim_version": SCALESIM_VERSION,
+        **pricing.precision.to_dict(),
+        "freq_mhz": hw.freq_mhz,
+        "dram_gbps": hw.dram_gbps,
+        "energy_table": pricing.energy.name,
+        "energy_table_sha256": pricing.energy.sha256,
+    }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import itertools
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 from llm1bit.cache import ResultCache
@@ -79,19 +79,21 @@ def points(
     seq_lens: list[int],
     dataflows: list[str | None],
     phase: str = "decode",
-    batch: int = 1,
+    batch: int | Sequence[int] = 1,
     pricings: list[Pricing] | None = None,
 ) -> list[Point]:
-    """Every combination, each once (repeated list items give one point)."""
+    """Every combination, each once (repeated list items give one point); `batch` one size or a list."""
+    batches = [batch] if isinstance(batch, int) else list(batch)
     combos = itertools.product(
         models,
         hardware,
         dict.fromkeys(dataflows),
         dict.fromkeys(seq_lens),
+        dict.fromkeys(batches),
         dict.fromkeys(pricings or [Pricing()]),
     )
     return list(
-        dict.fromkeys(Point(m, hw.with_dataflow(df), seq, phase, batch, pr) for m, hw, df, seq, pr in combos)
+        dict.fromkeys(Point(m, hw.with_dataflow(df), seq, phase, b, pr) for m, hw, df, seq, b, pr in combos)
     )
 
 

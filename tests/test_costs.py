@@ -207,7 +207,7 @@ def test_user_energy_table_and_its_hash(tmp_path):
     )
     base = simulate_json("--model", "opt-350m", "--hw", "edge")
     doubled = simulate_json("--model", "opt-350m", "--hw", "edge", "--energy-table", path)
-    assert doubled["config"]["energy_table"]["name"] == "doubled"
+    assert doubled["config"]["energy_table"]["name"] == str(path)  # labelled by its path, not its "name"
     assert doubled["config"]["energy_table"]["sha256"] != base["config"]["energy_table"]["sha256"]
     for part in ("matmul", "matmul_free"):
         b, d = base["totals"][part]["energy_breakdown_j"], doubled["totals"][part]["energy_breakdown_j"]

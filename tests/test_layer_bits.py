@@ -11,7 +11,7 @@ from llm1bit.amdahl import overall_speedup
 from llm1bit.cli import main
 from llm1bit.errors import UserError
 from llm1bit.hardware import load_hardware
-from llm1bit.layer_bits import load_quantized_model, safetensors_sizes, with_bits_config
+from llm1bit.layer_bits import load_quantized_model, module_names, safetensors_sizes, with_bits_config
 from llm1bit.models import load_hf_config
 from llm1bit.sweep import Point, run_points
 from llm1bit.workload import MATMUL_FREE, build_workload
@@ -164,3 +164,65 @@ def test_truncated_or_mismatched_checkpoint(folders, tmp_path):
     (broken / "config.json").write_text(json.dumps(config))
     with pytest.raises(UserError, match=r"has shape \[7, 7\], the config implies"):
         load_quantized_model(broken)
+
+
+@pytest.mark.parametrize("command", ["simulate", "amdahl", "sweep"])
+@pytest.mark.parametrize("flag", [("--weight-bits", "2"), ("--weight-format", "int")])
+def test_a_flag_the_folder_overrides_is_refused_not_relabelled(folders, tmp_path, command, flag):
+    out = ["-o", tmp_path / "o.csv"] if command == "sweep" else []
+    res = invoke(command, "--quantized", folders["gptq4"], "--backend", "analytic", *flag, *out)
+    assert res.exit_code != 0 and len(res.output.strip().splitlines()) == 1, res.output
+    assert (
+        f"{flag[0]} {flag[1]}: --quantized {folders['gptq4']} gives every projection its own width"
+        in res.output
+    )
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_amdahl_table_labels_a_folder_by_its_own_widths(folders):
+    res = invoke("amdahl", "--quantized", folders["gptq4"], "--backend", "analytic", "--seq-len", 256)
+    assert res.exit_code == 0, res.output
+    assert "derived at weights per layer 4-bit int," in " ".join(res.output.split())
+
+
+def test_bits_config_overriding_every_projection_refuses_weight_bits(tmp_path, shared_data):
+    config = shared_data / "models" / "stories260K"
+    model = load_hf_config(config)
+    every = dict.fromkeys(module_names(model), 2)
+    full, part = tmp_path / "full.json", tmp_path / "part.json"
+    full.write_text(json.dumps({"layers": every}))
+    part.write_text(json.dumps({"layers": {"model.layers.0.mlp.down_proj": 2}}))
+    res = invoke(
+        "simulate", "--model", config, "--bits-config", full, "--weight-bits", 4, "--backend", "analytic"
+    )
+    assert res.exit_code != 0 and f"--bits-config {full} gives every projection its own width" in res.output
+    res = invoke(
+        "simulate", "--model", config, "--bits-config", full, "--backend", "analytic", "--seq-len", 256
+    )
+    assert res.exit_code == 0 and "Weights per layer 2-bit bcq-lat, activations" in " ".join(
+        res.output.split()
+    )
+    res = invoke("simulate", "--model", config, "--bits-config", part, "--weight-bits", 4, "--backend", "analytic",
+                 "--seq-len", 256)  # fmt: skip
+    assert res.exit_code == 0, res.output  # the others take --weight-bits, and the summary says so
+    assert "Weights per layer 2-bit bcq-lat (others 4-bit int)" in " ".join(res.output.split())
+
+
+def test_quantized_config_naming_a_module_twice_is_refused(folders, tmp_path):
+    broken = tmp_path / "dup"
+    shutil.copytree(folders["gptq4"], broken)
+    text = (broken / "config.json").read_text()
+    config = json.loads(text)
+    name, meta = next(iter(config["quantization_config"]["modules"].items()))
+    entry = json.dumps(name) + ": " + json.dumps(meta) + ", "
+    text = text.replace('"modules": {', '"modules": {' + entry, 1)
+    (broken / "config.json").write_text(text)
+    res = invoke("simulate", "--quantized", broken, "--backend", "analytic")
+    assert res.exit_code != 0 and f"key {name!r} appears twice" in res.output, res.output
+
+
+def test_a_quantized_folder_given_as_model_says_what_it_prices(folders):
+    res = invoke("simulate", "--model", folders["gptq4"], "--backend", "analytic", "--seq-len", 256, "--json")
+    assert res.exit_code == 0, res.output
+    assert "an llm1bit quantized folder given as a model is simulated as its architecture" in res.stderr
+    assert json.loads(res.stdout)["config"]["precision"]["weight_bits"] == 16.0

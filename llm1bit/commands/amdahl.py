@@ -10,23 +10,37 @@ import click
 
 from llm1bit.commands.options import (
     CostArgs,
+    OneValueCommand,
     cache_option,
     cost_options,
     layer_bits_options,
     make_cache,
+    nonempty,
+    parse_name_list,
     positive_int,
+    positive_ints,
     resolve_with_bits,
     simulator_progress,
     warn_beyond_context,
 )
 
 
-@click.command()
-@click.option("--model", "model_names", default=None, help="Name(s) or config.json path(s), comma-separated.")
+@click.command(cls=OneValueCommand)
 @click.option(
-    "--hw", "hw_spec", default="cloud", show_default=True, help="cloud, edge, or a SCALE-Sim .cfg path."
+    "--model",
+    "model_names",
+    default=None,
+    callback=nonempty,
+    help="Name(s) or config.json path(s), comma-separated.",
 )
-@click.option("--seq-len", default="2048", callback=positive_int, show_default=True)
+@click.option(
+    "--hw",
+    "hw_spec",
+    default="cloud",
+    show_default=True,
+    help="cloud, edge, or SCALE-Sim .cfg path(s), comma-separated.",
+)
+@click.option("--seq-len", default="2048", callback=positive_ints, show_default=True, help="Comma-separated.")
 @click.option(
     "--metric",
     type=click.Choice(["cycles", "memory", "time", "energy"]),
@@ -34,17 +48,24 @@ from llm1bit.commands.options import (
     help="The curve's F: share of compute cycles, SRAM accesses, time or energy of the 16-bit point "
     "[default: cycles; time when a precision flag is given].",
 )
-@click.option("--s-partial", default=None, help="Speedups of the improved part [default: 1,2,5,10,100].")
-@click.option("--s-range", default=None, help="START:END[:N] log-spaced speedups, e.g. 1:100.")
+@click.option(
+    "--s-partial",
+    default=None,
+    callback=nonempty,
+    help="Speedups of the improved part [default: 1,2,5,10,100].",
+)
+@click.option(
+    "--s-range", default=None, callback=nonempty, help="START:END[:N] log-spaced speedups, e.g. 1:100."
+)
 @click.option("--dataflow", type=click.Choice(["os", "ws", "is"]), default=None)
 @click.option("--backend", type=click.Choice(["scalesim", "analytic"]), default="scalesim", show_default=True)
 @click.option("--phase", type=click.Choice(["decode", "prefill"]), default="decode", show_default=True)
-@click.option("--batch", default="1", callback=positive_int, show_default=True)
+@click.option("--batch", default="1", callback=positive_ints, show_default=True, help="Comma-separated.")
 @click.option("--jobs", default=None, callback=positive_int)
 @cost_options()
 @layer_bits_options
 @cache_option
-@click.option("--json", "as_json", is_flag=True, help="Print JSON (a list when several models are given).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (an array when lists give several points).")
 @click.option(
     "--plot",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -54,14 +75,14 @@ from llm1bit.commands.options import (
 def amdahl(
     model_names: str | None,
     hw_spec: str,
-    seq_len: int,
+    seq_len: list[int],
     metric: str | None,
     s_partial: str | None,
     s_range: str | None,
     dataflow: str | None,
     backend: str,
     phase: str,
-    batch: int,
+    batch: list[int],
     jobs: int | None,
     cost: CostArgs,
     bits_config: str | None,
@@ -76,6 +97,8 @@ def amdahl(
     \b
     Projections sped up by S:      S_total = 1 / ((1 - F) + F / S)
     Attention heads sped up by S:  S_total = 1 / (F + (1 - F) / S)
+    --model, --quantized, --hw, --seq-len, --batch, --weight-bits, --act-bits and --kv-bits
+    take comma lists: one curve per combination (--json: an array; one point: one object).
     Examples:
       llm1bit amdahl --model opt-6.7b --hw cloud
       llm1bit amdahl --model opt-350m,opt-66b --hw edge --s-range 1:100 --plot amdahl.png
@@ -83,14 +106,14 @@ def amdahl(
       llm1bit amdahl --model opt-6.7b --hw cloud --weight-bits 1.58 --metric time
     The curve's F is the 16-bit point's. With --weight-bits (and --act-bits / --kv-bits) the point
     is also simulated at those widths: the derived S_partial (MatMul-free part, 16-bit over
-    requested) and S_total, for time and energy, are reported next to the curve.
+    requested) and S_total, for time and for energy, are reported next to the curve.
     """
     from dataclasses import replace
 
     from llm1bit.amdahl import METRIC_FRACTION, SIDES, AmdahlCurve, derive, parse_s_partial
     from llm1bit.costs import Pricing
     from llm1bit.errors import UserError
-    from llm1bit.hardware import load_hardware
+    from llm1bit.hardware import load_hardware_list
     from llm1bit.precision import Precision
     from llm1bit.sweep import points, run_points
 
@@ -103,46 +126,49 @@ def amdahl(
         check_output(plot)
     if not (model_names or quantized):
         raise UserError("give --model NAME[,NAME...] (or --quantized DIR)")
-    models = resolve_with_bits(model_names, bits_config, quantized, many=True, mla=mla)
-    (pricing,) = cost.pricings()
+    pricings = cost.pricings()
+    models = resolve_with_bits(model_names, bits_config, quantized, cost=cost, mla=mla)
     per_layer = bool(bits_config or quantized)
-    metric = metric or ("cycles" if pricing.precision == Precision() and not per_layer else "time")
-    base_pricing = Pricing(energy=pricing.energy, bcq_compute=pricing.bcq_compute)  # 16 / 16 / 16 fp
-    hw = load_hardware(hw_spec).with_clock(cost.freq_mhz, cost.dram_gbps)
-    # the 16-bit point: every projection fp16, per-layer widths (--bits-config / --quantized) dropped
-    asked = points(models, [hw], [seq_len], [dataflow], phase, batch, [pricing])
-    pts = [replace(p, model=replace(p.model, proj_bits=()), pricing=base_pricing) for p in asked]
+    if metric is None:
+        metric = "cycles" if all(p.precision == Precision() for p in pricings) and not per_layer else "time"
+    hardware = [
+        hw.with_clock(cost.freq_mhz, cost.dram_gbps) for hw in load_hardware_list(parse_name_list(hw_spec))
+    ]
+    # the 16-bit point of each asked one: every projection fp16 (16 / 16 / 16), per-layer widths dropped
+    asked = points(models, hardware, seq_len, [dataflow], phase, batch, pricings)
+    pts = [
+        replace(
+            p,
+            model=replace(p.model, proj_bits=()),
+            pricing=Pricing(energy=p.pricing.energy, bcq_compute=p.pricing.bcq_compute),
+        )
+        for p in asked
+    ]
     warn_beyond_context(pts)
     with simulator_progress("SCALE-Sim runs") as progress:
-        splits = run_points(
-            list(dict.fromkeys(pts + asked)),
-            backend,
-            cache=make_cache(cache_dir),
-            jobs=jobs,
-            progress=progress,
-        )
-    by_point = dict(zip(dict.fromkeys(pts + asked), splits))
+        wanted = list(dict.fromkeys(pts + asked))
+        splits = run_points(wanted, backend, cache=make_cache(cache_dir), jobs=jobs, progress=progress)
+    by_point = dict(zip(wanted, splits))
     results = []
     for p, q in zip(pts, asked):
         split = by_point[p]
         curve = AmdahlCurve(getattr(split, METRIC_FRACTION[metric]), speeds)
         results.append((split, curve, derive(split, by_point[q]), by_point[q]))
+    labels = _labels([asked_split for *_, asked_split in results])
 
     if plot is not None:
+        from llm1bit.commands.tables import weights_text
         from llm1bit.figures.amdahl_curves import plot_amdahl_file
 
         marks = []
         if metric in ("time", "energy"):  # the derived point lies on the projection curve of its own metric
-            for split, _, derived, asked in results:
-                p = asked.pricing.precision
-                label = f"{p.weight_bits:g}-bit {p.weight_format} (derived)"
-                marks.append(
-                    (split.model.name, derived[f"s_partial_{metric}"], derived[f"s_total_{metric}"], label)
-                )
+            for label, (_, _, derived, asked_split) in zip(labels, results):
+                mark = f"{weights_text(asked_split)} (derived)"
+                marks.append((label, derived[f"s_partial_{metric}"], derived[f"s_total_{metric}"], mark))
         plot_amdahl_file(
             plot,
-            [(s.model.name, c) for s, c, _, _ in results],
-            title=f"Amdahl's law, {hw_spec} {pts[0].hw.dataflow.upper()}, l = {seq_len}, {metric}",
+            [(label, c) for label, (_, c, _, _) in zip(labels, results)],
+            title=f"Amdahl's law, {_common(results)}, {metric}",
             derived=marks,
         )
 
@@ -153,9 +179,9 @@ def amdahl(
                 "model": split.model.name,
                 "hw": split.hw.name,
                 "dataflow": split.hw.dataflow,
-                "seq_len": seq_len,
+                "seq_len": split.seq_len,
                 "phase": phase,
-                "batch": batch,
+                "batch": split.batch,
                 "backend": backend,
                 "metric": metric,
                 "fraction": curve.fraction,
@@ -172,33 +198,61 @@ def amdahl(
     _print_tables(results, speeds, metric)
 
 
+def _point_text(split) -> dict[str, str]:
+    """What tells one asked point from another: model, hardware, length, batch, precision."""
+    p = split.pricing.precision
+    return {
+        "model": split.model.name,
+        "hw": f"{split.hw.name} {split.hw.dataflow.upper()}",
+        "l": f"l = {split.seq_len}",
+        "batch": f"batch {split.batch}",
+        "precision": f"{p.weight_bits:g}-bit {p.weight_format} a{p.act_bits:g} kv{p.kv_bits:g}",
+    }
+
+
+def _labels(asked: list) -> list[str]:
+    """One plot label per point: its model and whichever settings differ between the points."""
+    texts = [_point_text(s) for s in asked]
+    varying = [k for k in texts[0] if k != "model" and len({t[k] for t in texts}) > 1]
+    return [", ".join([t["model"], *(t[k] for k in varying)]) for t in texts]
+
+
+def _common(results) -> str:
+    """The settings every point shares, for the plot's title."""
+    texts = [_point_text(asked) for *_, asked in results]
+    shared = [k for k in ("hw", "l", "batch") if len({t[k] for t in texts}) == 1]
+    return ", ".join(texts[0][k] for k in shared) or "several settings"
+
+
 def _json_number(x: float) -> float | None:
     return None if math.isinf(x) else x
 
 
 def _print_tables(results, speeds, metric: str) -> None:
     from rich.console import Console
-    from rich.table import Table
+
+    from llm1bit.commands.tables import Column, build_table, print_table, weights_text
 
     console = Console()
+    columns = [
+        Column("S_partial", lambda row: f"{row[0]:g}"),
+        Column("projections sped up", lambda row: f"{row[1]:.3f}x"),
+        Column("attention sped up", lambda row: f"{row[2]:.3f}x"),
+    ]
     for split, curve, derived, asked in results:
-        table = Table(
-            title=f"{split.model.name} on {split.hw.name} ({split.hw.dataflow.upper()}), {split.phase} "
-            f"l={split.seq_len}: MatMul-free fraction of {metric} F = {curve.fraction:.3f}"
+        title = (
+            f"{split.model.name} on {split.hw.name} ({split.hw.dataflow.upper()}), {split.phase} "
+            f"l={split.seq_len} batch={split.batch}: MatMul-free fraction of {metric} F = {curve.fraction:.3f}"
         )
-        table.add_column("S_partial", justify="right")
-        table.add_column("projections sped up", justify="right")
-        table.add_column("attention sped up", justify="right")
-        for s, p, a in zip(speeds, curve.side("projection"), curve.side("attention")):
-            table.add_row(f"{s:g}", f"{p:.3f}x", f"{a:.3f}x")
-        console.print(table)
+        rows = list(zip(speeds, curve.side("projection"), curve.side("attention")))
+        print_table(console, build_table(title, columns, rows))
         console.print(
             f"  asymptote (S_partial -> inf): projections {curve.asymptote('projection'):.2f}x, "
             f"attention {curve.asymptote('attention'):.2f}x"
         )
         p = asked.pricing.precision
         console.print(
-            f"  derived at weights {p.weight_bits:g}-bit {p.weight_format}, activations {p.act_bits:g}, KV "
+            f"  derived at weights {weights_text(asked)}, activations {p.act_bits:g}, KV "
             f"{p.kv_bits:g} (vs 16-bit): time S_partial {derived['s_partial_time']:.3f}x -> S_total "
             f"{derived['s_total_time']:.3f}x (F_time {derived['fraction_time_16bit']:.3f}); energy S_partial "
             f"{derived['s_partial_energy']:.3f}x -> S_total {derived['s_total_energy']:.3f}x "

@@ -29,7 +29,8 @@ from llm1bit.commands.options import cache_option, make_cache, positive_int, sim
 @click.option(
     "--ray-address",
     default=None,
-    help="An existing Ray cluster (ray://host:10001 or auto) [default: a local runtime].",
+    help="An existing Ray cluster (ray://HOST:10001, HOST:6379 or auto; an address where nothing listens is "
+    "refused within seconds) [default: a local runtime].",
 )
 @click.option(
     "--jobs", default=None, callback=positive_int, help="Processes (local) or CPUs of a local Ray runtime."
@@ -56,8 +57,9 @@ def explore(
     The space file names lists or ranges for every dimension `simulate` accepts (models, hardware files
     or array / SRAM / dataflow grids, clock, bandwidth, precisions, seq_len, phase, batch, backend) and
     constraints (README "Design-space exploration"). Distinct GEMM runs are simulated once; Ctrl-C keeps
-    every finished run and a re-run recomputes nothing. The table holds every setting and metric of a
-    point and nothing about how it ran, so local and Ray runs give identical files.
+    every finished run and a re-run recomputes nothing. Rows are priced in bulk and written as they come
+    (memory does not grow with the space). The table holds every setting and metric of a point and
+    nothing about how it ran, so local and Ray runs give identical files.
     Examples:
       llm1bit explore examples/explore-small.toml -o small.csv
       llm1bit explore examples/explore-small.toml --executor ray -o small-ray.csv
@@ -66,8 +68,7 @@ def explore(
     from llm1bit.atomic import check_output
     from llm1bit.engine import Executor, RunReport, default_jobs
     from llm1bit.errors import UserError
-    from llm1bit.explore import load_space, plot_pareto, reference_points, write_table
-    from llm1bit.sweep import run_points
+    from llm1bit.explore import load_space, simulate_space
 
     output = output or space_file.with_suffix(".csv")
     if output.suffix.lower() not in (".csv", ".parquet") and str(output) != "-":
@@ -79,29 +80,22 @@ def explore(
             check_output(path)
     if ray_address and executor != "ray":
         raise UserError("--ray-address goes with --executor ray")
-    space = load_space(space_file)
-    pts = space.points()
-    if plot:
-        seen = set(pts)
-        refs = [p for p in reference_points(space) if p not in seen]
-    else:
-        refs = []
-    report = RunReport()
     start = time.perf_counter()
-    with simulator_progress(f"{len(pts)} points", rate=True, points=len(pts)) as progress:
-        splits = run_points(
-            pts + refs,
-            space.backend,
+    space = load_space(space_file)
+    report = RunReport()
+    with simulator_progress(f"{space.size} points", rate=True, points=space.size) as progress:
+        exploration = simulate_space(
+            space,
+            output,
+            plot,
             cache=make_cache(cache_dir),
             jobs=jobs,
             progress=progress,
             report=report,
             executor=Executor(executor, jobs or default_jobs(), ray_address),
         )
+    rows = exploration.write(output, plot)  # after the progress bar: it would capture `-o -`
     seconds = time.perf_counter() - start
-    write_table(output, splits[: len(pts)])
-    if plot is not None:
-        plot_pareto(plot, splits[: len(pts)], splits[len(pts) :])
-    rate = len(pts) / seconds if seconds > 0 else float("inf")
+    rate = rows / seconds if seconds > 0 else float("inf")
     summary = report.summary() or "no simulator runs"
-    click.echo(f"wrote {len(pts)} rows to {output} ({summary}; {rate:,.0f} points/s)", err=True)
+    click.echo(f"wrote {rows} rows to {output} ({summary}; {rate:,.0f} points/s)", err=True)

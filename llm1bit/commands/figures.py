@@ -9,9 +9,12 @@ import click
 
 from llm1bit.commands.options import (
     CostArgs,
+    OneValueCommand,
     cache_option,
     cost_options,
     make_cache,
+    nonempty,
+    one_float,
     parse_float_list,
     parse_name_list,
     positive_int,
@@ -44,8 +47,13 @@ def _check_costs(settings) -> None:
     settings.priced_hardware("cloud")
 
 
-@click.command()
-@click.option("--only", default=None, help="Comma-separated figures, e.g. fig04,fig05 [default: all].")
+@click.command(cls=OneValueCommand)
+@click.option(
+    "--only",
+    default=None,
+    callback=nonempty,
+    help="Comma-separated figures, e.g. fig04,fig05 [default: all].",
+)
 @click.option(
     "--backend",
     type=click.Choice(["analytic", "scalesim"]),
@@ -66,7 +74,7 @@ def _check_costs(settings) -> None:
     "--jobs", default=None, callback=positive_int, help="Simulator worker processes [default: CPU count]."
 )
 @cost_options(
-    many=True,
+    act_kv_lists=False,
     weight_bits_default=None,
     weight_bits_help="Projection weight bits of fig14 and fig15, comma-separated "
     "[default: fig14 16,8,4,3,2,1.58,1; fig15 16,3,1.58].",
@@ -139,8 +147,8 @@ def figures(
         backend=backend,
         phase=phase,
         batch=batch,
-        act_bits=parse_float_list("--act-bits", cost.act_bits)[0],
-        kv_bits=parse_float_list("--kv-bits", cost.kv_bits)[0],
+        act_bits=one_float("--act-bits", cost.act_bits),
+        kv_bits=one_float("--kv-bits", cost.kv_bits),
         weight_format=cost.weight_format,
         energy_table=cost.energy_table,
         bcq_compute=cost.bcq_compute,

@@ -33,13 +33,18 @@ def models(as_json: bool) -> None:
         click.echo(json.dumps(rows, indent=2))
         return
     from rich.console import Console
-    from rich.table import Table
 
-    table = Table(title="Built-in models (paper Table 2; OPT-66B with its real 72 heads)")
-    for col in ("name", "family", "d", "h", "d_FF", "layers", "d/h"):
-        table.add_column(col, justify="left" if col in ("name", "family") else "right")
-    for m in PAPER_MODELS.values():
-        table.add_row(
-            m.name, m.family, str(m.d_model), str(m.n_heads), str(m.d_ff), str(m.n_layers), str(m.dim_head)
-        )
-    Console().print(table)
+    from llm1bit.commands.tables import Column, build_table, print_table
+
+    columns = [
+        Column("name", lambda m: m.name, text=True),
+        Column("family", lambda m: m.family, text=True),
+        Column("d", lambda m: str(m.d_model)),
+        Column("h", lambda m: str(m.n_heads)),
+        Column("d_FF", lambda m: str(m.d_ff)),
+        Column("layers", lambda m: str(m.n_layers)),
+        Column("d/h", lambda m: str(m.dim_head)),
+    ]
+    title = "Built-in models (paper Table 2; OPT-66B with its real 72 heads)"
+    console = Console()
+    print_table(console, build_table(title, columns, list(PAPER_MODELS.values())))

@@ -8,13 +8,16 @@ import click
 
 from llm1bit.commands.options import (
     CostArgs,
+    OneValueCommand,
     cache_option,
     cost_options,
     layer_bits_options,
     make_cache,
+    nonempty,
     parse_int_list,
     parse_name_list,
     positive_int,
+    positive_ints,
     resolve_with_bits,
     simulator_progress,
     strict_option,
@@ -24,11 +27,12 @@ from llm1bit.commands.options import (
 SEQ_LENS = "128,256,512,1024,2048,4096"
 
 
-@click.command()
+@click.command(cls=OneValueCommand)
 @click.option(
     "--models",
     "model_names",
     default=None,
+    callback=nonempty,
     help="Comma-separated names or config.json paths; groups: opt, gpt, llama, paper [default: opt].",
 )
 @click.option(
@@ -39,13 +43,24 @@ SEQ_LENS = "128,256,512,1024,2048,4096"
     help="Comma-separated: cloud, edge, .cfg paths.",
 )
 @click.option("--seq-lens", default=SEQ_LENS, show_default=True, help="Comma-separated context lengths.")
-@click.option("--dataflows", default=None, help="Comma-separated os,ws,is [default: each .cfg's own].")
+@click.option(
+    "--dataflows",
+    default=None,
+    callback=nonempty,
+    help="Comma-separated os,ws,is [default: each .cfg's own].",
+)
 @click.option("--backend", type=click.Choice(["scalesim", "analytic"]), default="scalesim", show_default=True)
 @click.option("--phase", type=click.Choice(["decode", "prefill"]), default="decode", show_default=True)
-@click.option("--batch", default="1", callback=positive_int, show_default=True)
+@click.option(
+    "--batch",
+    default="1",
+    callback=positive_ints,
+    show_default=True,
+    help="Sequences per step, comma-separated.",
+)
 @click.option("--jobs", default=None, callback=positive_int, help="Worker processes [default: CPU count].")
 @strict_option
-@cost_options(many=True)
+@cost_options()
 @layer_bits_options
 @cache_option
 @click.option(
@@ -62,7 +77,7 @@ def sweep(
     dataflows: str | None,
     backend: str,
     phase: str,
-    batch: int,
+    batch: list[int],
     jobs: int | None,
     strict: bool,
     cost: CostArgs,
@@ -72,7 +87,7 @@ def sweep(
     cache_dir: Path | None,
     output: Path,
 ) -> None:
-    """Simulate every combination and write one CSV row per (model, hw, dataflow, seq_len).
+    """Simulate every combination and write one CSV row per (model, hw, dataflow, seq_len, batch, widths).
 
     \b
     Distinct GEMMs are simulated once for the whole grid, and every real simulator run is
@@ -87,7 +102,7 @@ def sweep(
     from llm1bit.hardware import DATAFLOWS, load_hardware_list
     from llm1bit.sweep import points, run_points, to_csv, uncovered_points
 
-    models = resolve_with_bits(model_names, bits_config, quantized, many=True, mla=mla)
+    models = resolve_with_bits(model_names, bits_config, quantized, cost=cost, mla=mla, default="opt")
     hardware = [
         hw.with_clock(cost.freq_mhz, cost.dram_gbps) for hw in load_hardware_list(parse_name_list(hw_specs))
     ]
@@ -96,6 +111,8 @@ def sweep(
     flows: list[str | None] = [None]
     if dataflows:
         flows = parse_name_list(dataflows)
+        if not flows:
+            raise UserError(f"--dataflows {dataflows!r}: give os, ws and / or is")
         for df in flows:
             if df not in DATAFLOWS:
                 raise unknown_choice("dataflow", df, DATAFLOWS)

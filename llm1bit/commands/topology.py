@@ -6,10 +6,10 @@ from pathlib import Path
 
 import click
 
-from llm1bit.commands.options import positive_int
+from llm1bit.commands.options import OneValueCommand, positive_int
 
 
-@click.command()
+@click.command(cls=OneValueCommand)
 @click.option(
     "--model", "model_name", required=True, help="Built-in name (see `llm1bit models`) or config.json path."
 )

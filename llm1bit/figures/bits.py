@@ -152,7 +152,11 @@ def cost_suffix(settings: Settings) -> str:
         parts.append(f"kv{settings.kv_bits:g}")
     table = load_energy_table(settings.energy_table)
     if table.name != load_energy_table(None).name:
-        parts.append(re.sub(r"[^A-Za-z0-9.]+", "-", table.name).strip("-") or "table")
+        from llm1bit.energy import BUILTIN_TABLES
+
+        # a user's file: its stem and hash (the label is its path, too long and too like a built-in name)
+        name = table.name if table.name in BUILTIN_TABLES else f"{Path(table.name).stem}-{table.sha256[:8]}"
+        parts.append(re.sub(r"[^A-Za-z0-9.]+", "-", name).strip("-") or "table")
     if settings.bcq_compute != "lut":
         parts.append(f"bcq-{settings.bcq_compute}")
     if settings.freq_mhz is not None:

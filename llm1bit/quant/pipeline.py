@@ -164,20 +164,12 @@ def resolve_bits(names: list[str], wbits: int, bits_config: dict[str, int] | Non
 
 
 def read_bits_config(path: str) -> dict[str, int]:
-    """{module name: bits} from a JSON file {"layers": {name: bits or {"bits": bits}, ...}, ...}."""
-    import json
-    from pathlib import Path
+    """{module name: bits} from a bits file {"layers": {name: bits or {"bits": bits}, ...}, ...}, read by the
+    simulator's strict reader (a module named twice, an unknown key: one-line errors)."""
+    from llm1bit.layer_bits import read_bits_file
 
-    try:
-        data = json.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise UserError(f"bits config {path} does not exist") from None
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"cannot read bits config {path}: {exc}") from None
-    layers = data.get("layers") if isinstance(data, dict) else None
-    if not isinstance(layers, dict) or not layers:
-        raise UserError(f'bits config {path} needs a non-empty "layers" object {{"<module name>": bits}}')
-    return {name: value.get("bits") if isinstance(value, dict) else value for name, value in layers.items()}
+    layers, _mode = read_bits_file(path)
+    return layers  # type: ignore[return-value]
 
 
 def _move_outside_layers(model: nn.Module, stack: DecoderStack, device: str) -> None:

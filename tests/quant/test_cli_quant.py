@@ -274,3 +274,16 @@ def test_save_dtype_choices_are_refused_in_one_line(tmp_path: Path) -> None:
     )
     assert result.exit_code != 0 and "fp8" in result.output and "float16" in result.output
     assert not (tmp_path / "x").exists()
+
+
+def test_bits_config_naming_a_module_twice_is_refused(tmp_path: Path) -> None:
+    """quantize reads bits files with the simulator's strict reader: the last of two widths is not kept."""
+    bits = tmp_path / "bits.json"
+    name = "model.layers.0.mlp.down_proj"
+    bits.write_text('{"layers": {"NAME": 2, "NAME": 4}}'.replace("NAME", name))
+    out = tmp_path / "out"
+    result = invoke(
+        "quantize", "--model", STORIES, "--method", "rtn", "--bits-config", str(bits), "-o", str(out)
+    )
+    assert_one_line_error(result, "appears twice")
+    assert not out.exists()
