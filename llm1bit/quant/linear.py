@@ -6,8 +6,8 @@ names as in `model.safetensors`, so `load_state_dict` and transformers' loader f
 forward rebuilds the dense weight (`packing.unpack(...).dequantize()`, the one definition shared with the
 solver), uses it and drops it: resident memory is the packed bytes plus one layer's dense weight while it
 computes. `set_weight_cache(model, True)` keeps the dense weights for speed instead, at the memory of
-the original layers. A shift-and-add or LUT kernel would replace `forward` and read the
-packed planes directly."""
+the original layers. Binary-coded layers (shiftaddllm, bcq) on the CPU skip all that: `forward` hands
+them to the LUT kernel (`llm1bit.quant.kernel`), which reads the packed planes directly."""
 
 from __future__ import annotations
 
@@ -110,6 +110,11 @@ class QuantLinear(nn.Module):
             self._weight = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from llm1bit.quant.kernel import forward as lut_forward
+
+        y = lut_forward(self, x)  # binary codes on the CPU: the LUT kernel, no dense W (LLM1BIT_KERNEL)
+        if y is not None:
+            return y
         weight = self.weight
         if weight.device != x.device:
             weight = weight.to(x.device)

@@ -1,0 +1,165 @@
+"""Build the LUT kernel (`lut.c`) with the system C compiler at first use, cache it, load it with ctypes.
+
+The shared library lands in `<cache>/kernels/<hash>/liblut.so`, `<cache>` being `llm1bit.cache.default_cache_dir()`
+($LLM1BIT_CACHE_DIR, else $XDG_CACHE_HOME/llm1bit, else ~/.cache/llm1bit); the hash covers the source, the flags and
+the compiler's identity (`cc --version`), so a new compiler or a changed source builds anew. The library holds
+both instruction sets (per-function `target` attributes, no -march=native) and reports which one this CPU runs
+(`llm1bit_isa`), so a cache shared between machines stays valid.
+
+No compiler, a failed build or a CPU without AVX2: `load()` returns None after one warning, and the callers
+take the dense path."""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+
+SOURCE = Path(__file__).with_name("lut.c")
+FLAGS = ("-O3", "-shared", "-fPIC", "-pthread", "-std=gnu11", "-ffp-contract=off", "-fno-fast-math")
+ABI_VERSION = 1
+ISA_NAMES = {0: "none", 1: "avx2", 2: "avx512"}
+
+
+class LutLayer(ctypes.Structure):
+    """Mirror of `lut_layer` in lut.c."""
+
+    _fields_ = [
+        ("mode", ctypes.c_int32),
+        ("q", ctypes.c_int32),
+        ("k", ctypes.c_int32),
+        ("kp", ctypes.c_int32),
+        ("n", ctypes.c_int32),
+        ("groups", ctypes.c_int32),
+        ("nrb", ctypes.c_int32),
+        ("pad_", ctypes.c_int32),
+        ("codes", ctypes.c_void_p),
+        ("alpha", ctypes.c_void_p),
+        ("rows", ctypes.c_void_p),
+        ("group_rb", ctypes.c_void_p),
+    ]
+
+
+@dataclass(frozen=True)
+class Library:
+    lib: ctypes.CDLL
+    path: Path
+    isa: int  # best instruction set this CPU runs: 1 avx2, 2 avx512
+
+    @property
+    def isa_name(self) -> str:
+        return ISA_NAMES[self.isa]
+
+
+def compiler() -> str | None:
+    """$CC, else cc / gcc on PATH."""
+    for name in (os.environ.get("CC"), "cc", "gcc"):
+        if name and shutil.which(name):
+            return name
+    return None
+
+
+def build_dir(cc: str) -> Path:
+    from llm1bit.cache import default_cache_dir
+
+    try:
+        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        version = ""
+    h = hashlib.sha256()
+    for part in (SOURCE.read_bytes(), " ".join(FLAGS).encode(), cc.encode(), version.encode()):
+        h.update(part)
+        h.update(b"\0")
+    return default_cache_dir() / "kernels" / h.hexdigest()[:16]
+
+
+def compile_library(cc: str, target: Path) -> None:
+    """Compile into a temporary file beside `target`, then rename it there (concurrent builds are safe)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(fd)
+    try:
+        proc = subprocess.run(
+            [cc, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True, timeout=300
+        )
+        if proc.returncode != 0:
+            lines = (proc.stderr or proc.stdout).strip().splitlines()
+            raise RuntimeError(f"{cc} failed: {lines[0] if lines else 'no output'}")
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+@lru_cache(maxsize=1)
+def load() -> Library | None:
+    """The compiled kernel (built on first use), or None with one warning when it cannot be had here."""
+    from llm1bit.errors import warn
+
+    reason = unavailable_reason()
+    if reason is None:
+        try:
+            return _load()
+        except (OSError, RuntimeError, subprocess.SubprocessError) as exc:
+            reason = f"could not build the LUT kernel ({exc})"
+    warn(f"{reason}; quantized layers use the dense path")
+    return None
+
+
+def unavailable_reason() -> str | None:
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64"):
+        return f"the LUT kernel needs an x86-64 CPU (this is {platform.machine()})"
+    if not SOURCE.exists():
+        return f"the LUT kernel's source {SOURCE.name} is missing from this installation"
+    if compiler() is None:
+        return "no C compiler (cc, gcc or $CC) found to build the LUT kernel"
+    return None
+
+
+def _load() -> Library:
+    cc = compiler()
+    assert cc is not None
+    target = build_dir(cc) / "liblut.so"
+    if not target.exists():
+        compile_library(cc, target)
+    lib = ctypes.CDLL(str(target))
+    lib.llm1bit_abi_version.restype = ctypes.c_int
+    if lib.llm1bit_abi_version() != ABI_VERSION:
+        raise RuntimeError(f"{target} has another ABI version")
+    lib.llm1bit_isa.restype = ctypes.c_int
+    lib.llm1bit_lut_gemm.restype = ctypes.c_int
+    lib.llm1bit_lut_gemm.argtypes = [
+        ctypes.POINTER(LutLayer),
+        ctypes.c_void_p,
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+    ]
+    lib.llm1bit_hadamard.restype = ctypes.c_int
+    lib.llm1bit_hadamard.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_int,
+        ctypes.c_int,
+    ]
+    lib.llm1bit_stream_read.restype = ctypes.c_float
+    lib.llm1bit_stream_read.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    isa = int(lib.llm1bit_isa())
+    if isa == 0:
+        raise RuntimeError("this CPU has neither AVX-512 nor AVX2 with FMA")
+    return Library(lib, target, isa)

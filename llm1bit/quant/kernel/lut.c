@@ -1,0 +1,616 @@
+/* llm1bit: y = x W^T straight from binary-coded (BCQ) weights, never building W.
+
+   W[n, k] = sum_b alpha[b, block(n, k)] * s_b[n, k],  s in {-1, +1}.  Per plane and row this is a signed
+   sum of activations, computed with tables of partial sums (T-MAC / LUT-GEMM):
+
+   * AVX-512: for every 4 consecutive activations, the 16 signed sums +-x0 +-x1 +-x2 +-x3 are one fp32
+     table in one register; `vpermps` looks up 16 rows at once (lane = output row, its index = the
+     nibble of codes of that row; vpermps reads only bits 0-3 of each 32-bit index, so a row's 4 code
+     bytes sit in one lane and are brought down by shifts, never masked).
+   * AVX2: 8 lanes, `vpermps` reads 3 bits: each code byte is split 3 + 3 + 2 columns (8-entry tables;
+     the 2-column table repeats itself in lanes 4-7, so the stray third bit does not matter).
+
+   Two ways the scales enter (the layout is built once, at load, by llm1bit/quant/kernel/layout.py):
+   * mode 0 (block scales, lat: one scale per 8 input columns x a block of rows x plane): the tables
+     hold the signed sums of x and are shared by every row and plane; after each code byte's lookups
+     the partial sum is multiplied by its scale (one fma).
+   * mode 1 (column scales, acc and bcq: one scale per input column x a block of rows x plane): the
+     tables hold the signed sums of alpha * x for one row block and plane; lookups are only added.
+   Everything is fp32 (tables, products, accumulators): exact operations up to fp32 rounding.
+
+   Layout (T tiles of 16 rows, RT = 4 tiles per group, C = kp / 32 chunks of 4 code bytes):
+     codes  uint8 (groups, C, q, RT, 16 rows, 4 bytes): lane l of the 64-byte unit = its row's 4 bytes
+     alpha  mode 0: fp32 (groups, C, q, RT, 4) one scale per tile and code byte
+            mode 1: fp32 (nrb, q, kp) one scale per column, row block and plane
+     rows   int32 (groups * RT * 16): the output row of every lane, -1 for padding
+     group_rb int32 (groups): mode 1, the row block shared by the group's tiles
+
+   Threads: the calling thread plus up to (threads - 1) pooled helpers (see pool_run), taking chunks of
+   groups (= output rows) from a shared counter; a group is computed the same way whichever thread takes it,
+   so the result has the same bits for any thread count. Compiled without -ffast-math and with -ffp-contract=off. */
+
+#include <immintrin.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define TILE 16
+#define RT 4
+#define MAXM 4    /* tokens per pass over a group's codes (register accumulators) */
+#define BLOCKM 16 /* tokens per call of the threaded kernel (tables in memory) */
+#define PREFETCH 2048 /* bytes ahead of the code stream prefetched into L1 (the scales: a quarter of it) */
+
+enum { ISA_NONE = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
+
+#define T512 __attribute__((target("avx512f,avx512bw,avx512dq,avx512vl,avx2,fma")))
+#define T256 __attribute__((target("avx2,fma")))
+#define INLINE static inline __attribute__((always_inline))
+
+int llm1bit_abi_version(void) { return 1; }
+
+int llm1bit_isa(void) {
+    __builtin_cpu_init();
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+        __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl") &&
+        __builtin_cpu_supports("fma"))
+        return ISA_AVX512;
+    if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return ISA_AVX2;
+    return ISA_NONE;
+}
+
+typedef struct {
+    int32_t mode, q, k, kp, n, groups, nrb, pad_;
+    const uint8_t *codes;
+    const float *alpha;
+    const int32_t *rows;
+    const int32_t *group_rb;
+} lut_layer;
+
+/* floats per token in one table set: 4 kp (AVX-512, 16 per 4 columns) >= 3 kp (AVX2, 24 per 8 columns) */
+static inline size_t table_floats(int kp) { return (size_t)4 * kp; }
+
+/* ---------------------------------------------------------------- tables */
+
+T512 static void tables512(const float *v, int kp, float *tab) {
+    /* lane m of table g: sum_i (bit i of m ? +v[4g+i] : -v[4g+i]), summed i = 0, 1, 2, 3 */
+    const __m512 s0 = _mm512_setr_ps(-1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1, -1, 1);
+    const __m512 s1 = _mm512_setr_ps(-1, -1, 1, 1, -1, -1, 1, 1, -1, -1, 1, 1, -1, -1, 1, 1);
+    const __m512 s2 = _mm512_setr_ps(-1, -1, -1, -1, 1, 1, 1, 1, -1, -1, -1, -1, 1, 1, 1, 1);
+    const __m512 s3 = _mm512_setr_ps(-1, -1, -1, -1, -1, -1, -1, -1, 1, 1, 1, 1, 1, 1, 1, 1);
+    for (int g = 0; g < kp / 4; g++) {
+        const float *u = v + 4 * g;
+        __m512 t = _mm512_mul_ps(_mm512_set1_ps(u[0]), s0);
+        t = _mm512_fmadd_ps(_mm512_set1_ps(u[1]), s1, t); /* exact product (+-1): one rounding, an add */
+        t = _mm512_fmadd_ps(_mm512_set1_ps(u[2]), s2, t);
+        t = _mm512_fmadd_ps(_mm512_set1_ps(u[3]), s3, t);
+        _mm512_storeu_ps(tab + 16 * g, t);
+    }
+}
+
+T256 static void tables256(const float *v, int kp, float *tab) {
+    /* per code byte j: columns 0-2, 3-5 (8 entries each) and 6-7 (4 entries, repeated in lanes 4-7) */
+    const __m256 s0 = _mm256_setr_ps(-1, 1, -1, 1, -1, 1, -1, 1);
+    const __m256 s1 = _mm256_setr_ps(-1, -1, 1, 1, -1, -1, 1, 1);
+    const __m256 s2 = _mm256_setr_ps(-1, -1, -1, -1, 1, 1, 1, 1);
+    for (int j = 0; j < kp / 8; j++) {
+        const float *u = v + 8 * j;
+        __m256 a = _mm256_mul_ps(_mm256_set1_ps(u[0]), s0);
+        a = _mm256_fmadd_ps(_mm256_set1_ps(u[1]), s1, a);
+        a = _mm256_fmadd_ps(_mm256_set1_ps(u[2]), s2, a);
+        __m256 b = _mm256_mul_ps(_mm256_set1_ps(u[3]), s0);
+        b = _mm256_fmadd_ps(_mm256_set1_ps(u[4]), s1, b);
+        b = _mm256_fmadd_ps(_mm256_set1_ps(u[5]), s2, b);
+        __m256 c = _mm256_mul_ps(_mm256_set1_ps(u[6]), s0);
+        c = _mm256_fmadd_ps(_mm256_set1_ps(u[7]), s1, c);
+        _mm256_storeu_ps(tab + 24 * j, a);
+        _mm256_storeu_ps(tab + 24 * j + 8, b);
+        _mm256_storeu_ps(tab + 24 * j + 16, c);
+    }
+}
+
+static void build_tables(int isa, const float *v, int kp, float *tab) {
+    if (isa == ISA_AVX512)
+        tables512(v, kp, tab);
+    else
+        tables256(v, kp, tab);
+}
+
+/* ---------------------------------------------------------------- output scatter */
+
+INLINE void scatter(const int32_t *rows, const float *lanes, int count, float *y) {
+    for (int l = 0; l < count; l++) {
+        int32_t row = rows[l];
+        if (row >= 0) y[row] = lanes[l];
+    }
+}
+
+/* ---------------------------------------------------------------- AVX-512 group kernel */
+
+/* One group of RT tiles x M tokens. tabs: the table set of token 0 (tstride floats to the next token);
+   mode 1 also steps bstride floats per plane. */
+T512 INLINE void group512(const lut_layer *L, int g, const float *tabs, size_t tstride, size_t bstride,
+                          const int M, const int mode, float *y, int ldy) {
+    __m512 acc[RT][MAXM];
+    for (int r = 0; r < RT; r++)
+        for (int t = 0; t < M; t++) acc[r][t] = _mm512_setzero_ps();
+    const int C = L->kp / 32, q = L->q;
+    const uint8_t *cp = L->codes + (size_t)g * C * q * RT * 64;
+    const float *ap = mode == 0 ? L->alpha + (size_t)g * C * q * RT * 4 : NULL;
+    for (int c = 0; c < C; c++) {
+        for (int b = 0; b < q; b++) {
+            const float *tc = tabs + (size_t)c * 128 + (mode == 1 ? (size_t)b * bstride : 0);
+            /* the hardware prefetcher alone leaves a core waiting on DRAM (measured: 1.5 -> 1.14 ms at
+               4096 x 11008, 3 bits, 2 threads); prefetching past the end of the array is harmless */
+            for (int r = 0; r < RT; r++) _mm_prefetch((const char *)cp + PREFETCH + 64 * r, _MM_HINT_T0);
+            if (mode == 0) _mm_prefetch((const char *)ap + PREFETCH / 4, _MM_HINT_T0);
+            for (int r = 0; r < RT; r++, cp += 64) {
+                /* a load at byte offset i puts code byte i of each row in bits 0-7 of its lane (vpermps
+                   reads bits 0-3: the low nibble); shifting it by 4 gives the high nibble. Loads are cheap,
+                   shifts share the vector ports with the lookups. (The last unit reads 3 bytes past its
+                   end: the codes array carries 64 bytes of padding.) */
+                const __m512i w0 = _mm512_loadu_si512((const void *)cp);
+                const __m512i w2 = _mm512_loadu_si512((const void *)(cp + 1));
+                const __m512i w4 = _mm512_loadu_si512((const void *)(cp + 2));
+                const __m512i w6 = _mm512_loadu_si512((const void *)(cp + 3));
+                const __m512i w1 = _mm512_srli_epi32(w0, 4), w3 = _mm512_srli_epi32(w2, 4);
+                const __m512i w5 = _mm512_srli_epi32(w4, 4), w7 = _mm512_srli_epi32(w6, 4);
+                for (int t = 0; t < M; t++) {
+                    const float *tt = tc + t * tstride;
+                    __m512 p0 = _mm512_add_ps(_mm512_permutexvar_ps(w0, _mm512_loadu_ps(tt)),
+                                              _mm512_permutexvar_ps(w1, _mm512_loadu_ps(tt + 16)));
+                    __m512 p1 = _mm512_add_ps(_mm512_permutexvar_ps(w2, _mm512_loadu_ps(tt + 32)),
+                                              _mm512_permutexvar_ps(w3, _mm512_loadu_ps(tt + 48)));
+                    __m512 p2 = _mm512_add_ps(_mm512_permutexvar_ps(w4, _mm512_loadu_ps(tt + 64)),
+                                              _mm512_permutexvar_ps(w5, _mm512_loadu_ps(tt + 80)));
+                    __m512 p3 = _mm512_add_ps(_mm512_permutexvar_ps(w6, _mm512_loadu_ps(tt + 96)),
+                                              _mm512_permutexvar_ps(w7, _mm512_loadu_ps(tt + 112)));
+                    if (mode == 0) {
+                        __m512 a = acc[r][t];
+                        a = _mm512_fmadd_ps(_mm512_set1_ps(ap[0]), p0, a);
+                        a = _mm512_fmadd_ps(_mm512_set1_ps(ap[1]), p1, a);
+                        a = _mm512_fmadd_ps(_mm512_set1_ps(ap[2]), p2, a);
+                        a = _mm512_fmadd_ps(_mm512_set1_ps(ap[3]), p3, a);
+                        acc[r][t] = a;
+                    } else {
+                        acc[r][t] = _mm512_add_ps(
+                            acc[r][t], _mm512_add_ps(_mm512_add_ps(p0, p1), _mm512_add_ps(p2, p3)));
+                    }
+                }
+                if (mode == 0) ap += 4;
+            }
+        }
+    }
+    const int32_t *rows = L->rows + (size_t)g * RT * TILE;
+    float lanes[TILE];
+    for (int r = 0; r < RT; r++)
+        for (int t = 0; t < M; t++) {
+            _mm512_storeu_ps(lanes, acc[r][t]);
+            scatter(rows + r * TILE, lanes, TILE, y + (size_t)t * ldy);
+        }
+}
+
+/* ---------------------------------------------------------------- AVX2 group kernel */
+
+#define SRL(w, s) _mm256_srli_epi32(w, s)
+#define LOOK(tab, idx) _mm256_permutevar8x32_ps(_mm256_loadu_ps(tab), idx)
+
+/* AVX2 has 16 registers: one half tile (8 rows) at a time, M accumulators live. */
+T256 INLINE void group256(const lut_layer *L, int g, const float *tabs, size_t tstride, size_t bstride,
+                          const int M, const int mode, float *y, int ldy) {
+    const int C = L->kp / 32, q = L->q;
+    const uint8_t *cg = L->codes + (size_t)g * C * q * RT * 64;
+    const float *ag = mode == 0 ? L->alpha + (size_t)g * C * q * RT * 4 : NULL;
+    const int32_t *rows = L->rows + (size_t)g * RT * TILE;
+    for (int r = 0; r < RT; r++)
+        for (int h = 0; h < 2; h++) {
+            __m256 acc[MAXM];
+            for (int t = 0; t < M; t++) acc[t] = _mm256_setzero_ps();
+            for (int c = 0; c < C; c++)
+                for (int b = 0; b < q; b++) {
+                    const size_t unit = ((size_t)c * q + b) * RT + r;
+                    const __m256i w = _mm256_loadu_si256((const __m256i *)(cg + unit * 64 + h * 32));
+                    const __m256i i0 = w, i1 = SRL(w, 3), i2 = SRL(w, 6);
+                    const __m256i i3 = SRL(w, 8), i4 = SRL(w, 11), i5 = SRL(w, 14);
+                    const __m256i i6 = SRL(w, 16), i7 = SRL(w, 19), i8 = SRL(w, 22);
+                    const __m256i i9 = SRL(w, 24), i10 = SRL(w, 27), i11 = SRL(w, 30);
+                    const float *tc = tabs + (size_t)c * 96 + (mode == 1 ? (size_t)b * bstride : 0);
+                    for (int t = 0; t < M; t++) {
+                        const float *tt = tc + t * tstride;
+                        __m256 p0 = _mm256_add_ps(_mm256_add_ps(LOOK(tt, i0), LOOK(tt + 8, i1)), LOOK(tt + 16, i2));
+                        __m256 p1 = _mm256_add_ps(_mm256_add_ps(LOOK(tt + 24, i3), LOOK(tt + 32, i4)),
+                                                  LOOK(tt + 40, i5));
+                        __m256 p2 = _mm256_add_ps(_mm256_add_ps(LOOK(tt + 48, i6), LOOK(tt + 56, i7)),
+                                                  LOOK(tt + 64, i8));
+                        __m256 p3 = _mm256_add_ps(_mm256_add_ps(LOOK(tt + 72, i9), LOOK(tt + 80, i10)),
+                                                  LOOK(tt + 88, i11));
+                        if (mode == 0) {
+                            const float *ap = ag + unit * 4;
+                            __m256 a = acc[t];
+                            a = _mm256_fmadd_ps(_mm256_set1_ps(ap[0]), p0, a);
+                            a = _mm256_fmadd_ps(_mm256_set1_ps(ap[1]), p1, a);
+                            a = _mm256_fmadd_ps(_mm256_set1_ps(ap[2]), p2, a);
+                            a = _mm256_fmadd_ps(_mm256_set1_ps(ap[3]), p3, a);
+                            acc[t] = a;
+                        } else {
+                            acc[t] = _mm256_add_ps(acc[t],
+                                                   _mm256_add_ps(_mm256_add_ps(p0, p1), _mm256_add_ps(p2, p3)));
+                        }
+                    }
+                }
+            float lanes[8];
+            for (int t = 0; t < M; t++) {
+                _mm256_storeu_ps(lanes, acc[t]);
+                scatter(rows + r * TILE + h * 8, lanes, 8, y + (size_t)t * ldy);
+            }
+        }
+}
+
+/* ---------------------------------------------------------------- dispatch on (isa, mode, M) */
+
+#define CASES(FN, MODE)                                                              \
+    switch (M) {                                                                     \
+    case 1: FN(L, g, tabs, tstride, bstride, 1, MODE, y, ldy); break;                \
+    case 2: FN(L, g, tabs, tstride, bstride, 2, MODE, y, ldy); break;                \
+    case 3: FN(L, g, tabs, tstride, bstride, 3, MODE, y, ldy); break;                \
+    default: FN(L, g, tabs, tstride, bstride, 4, MODE, y, ldy); break;               \
+    }
+
+T512 static void run512(const lut_layer *L, int g, const float *tabs, size_t tstride, size_t bstride, int M,
+                        float *y, int ldy) {
+    if (L->mode == 0) {
+        CASES(group512, 0)
+    } else {
+        CASES(group512, 1)
+    }
+}
+
+T256 static void run256(const lut_layer *L, int g, const float *tabs, size_t tstride, size_t bstride, int M,
+                        float *y, int ldy) {
+    if (L->mode == 0) {
+        CASES(group256, 0)
+    } else {
+        CASES(group256, 1)
+    }
+}
+
+/* ---------------------------------------------------------------- threads */
+
+typedef struct {
+    const lut_layer *L;
+    int isa, chunk, m;
+    int *next; /* shared: the first group not yet taken (threads take `chunk` groups at a time) */
+    const float *xp;   /* (m, kp) padded activations */
+    const float *tabs; /* mode 0: (m, table_floats) shared tables */
+    float *y;
+    int ldy;
+    float *scratch; /* mode 1: q * m * table_floats + kp floats, this thread's own */
+} task_t;
+
+static void run_group(const task_t *T, int g, int *current_rb) {
+    const lut_layer *L = T->L;
+    const int kp = L->kp, q = L->q, m = T->m;
+    const size_t ts = table_floats(kp);
+    const float *tabs = T->tabs;
+    size_t bstride = 0;
+    if (L->mode == 1) {
+        const int rb = L->group_rb[g];
+        if (rb != *current_rb) { /* tables of alpha * x for this row block, every plane and token */
+            float *v = T->scratch + (size_t)q * m * ts;
+            for (int b = 0; b < q; b++) {
+                const float *a = L->alpha + ((size_t)rb * q + b) * kp;
+                for (int t = 0; t < m; t++) {
+                    const float *x = T->xp + (size_t)t * kp;
+                    for (int i = 0; i < kp; i++) v[i] = a[i] * x[i];
+                    build_tables(T->isa, v, kp, T->scratch + ((size_t)b * m + t) * ts);
+                }
+            }
+            *current_rb = rb;
+        }
+        tabs = T->scratch;
+        bstride = (size_t)m * ts;
+    }
+    for (int t0 = 0; t0 < m; t0 += MAXM) {
+        const int M = m - t0 < MAXM ? m - t0 : MAXM;
+        float *y = T->y + (size_t)t0 * T->ldy;
+        if (T->isa == ISA_AVX512)
+            run512(L, g, tabs + (size_t)t0 * ts, ts, bstride, M, y, T->ldy);
+        else
+            run256(L, g, tabs + (size_t)t0 * ts, ts, bstride, M, y, T->ldy);
+    }
+}
+
+static void run_task(const task_t *T) {
+    const int groups = T->L->groups;
+    int current_rb = -1;
+    for (;;) {
+        const int g0 = __atomic_fetch_add(T->next, T->chunk, __ATOMIC_RELAXED);
+        if (g0 >= groups) break;
+        const int g1 = g0 + T->chunk < groups ? g0 + T->chunk : groups;
+        for (int g = g0; g < g1; g++) run_group(T, g, &current_rb);
+    }
+}
+
+/* ---------------------------------------------------------------- helper threads
+
+   A small pool of helper threads, started at first use and kept asleep on a condition variable between
+   calls. The caller posts a job and works on it itself; a helper joins only while the job is open and takes
+   work from the job's shared counter. The caller then closes the job and waits only for helpers that have
+   joined (each finishing its current chunk), never for one the OS has not scheduled yet: on a busy machine
+   (another process, or torch's own threads spinning on the other core) the caller just does more of the
+   work. Concurrent callers: the first holds the pool, the others run alone. After fork() the child has no
+   helpers and starts afresh. */
+
+typedef struct {
+    void (*fn)(void *ctx, int slot);
+    void *ctx;
+    int max_slots; /* participants allowed, the caller included (slot 0) */
+    int joined;    /* slots handed out */
+    int active;    /* helpers inside fn */
+    int closed;
+} pool_job;
+
+static struct {
+    pthread_mutex_t mu, run;
+    pthread_cond_t wake, idle;
+    pool_job *job;
+    unsigned long gen;
+    int helpers;
+} P = {PTHREAD_MUTEX_INITIALIZER, PTHREAD_MUTEX_INITIALIZER, PTHREAD_COND_INITIALIZER,
+       PTHREAD_COND_INITIALIZER, NULL, 0, 0};
+static pthread_once_t P_once = PTHREAD_ONCE_INIT;
+
+static void pool_after_fork(void) {
+    pthread_mutex_init(&P.mu, NULL);
+    pthread_mutex_init(&P.run, NULL);
+    pthread_cond_init(&P.wake, NULL);
+    pthread_cond_init(&P.idle, NULL);
+    P.job = NULL;
+    P.helpers = 0;
+}
+
+static void pool_init(void) { pthread_atfork(NULL, NULL, pool_after_fork); }
+
+typedef struct {
+    unsigned long seen;
+} helper_arg;
+
+static void *pool_helper(void *arg) {
+    unsigned long seen = ((helper_arg *)arg)->seen;
+    free(arg);
+    pthread_mutex_lock(&P.mu);
+    for (;;) {
+        while (P.job == NULL || P.gen == seen) pthread_cond_wait(&P.wake, &P.mu);
+        seen = P.gen;
+        pool_job *J = P.job;
+        if (J->closed || J->joined >= J->max_slots) continue;
+        const int slot = J->joined++;
+        __atomic_add_fetch(&J->active, 1, __ATOMIC_RELAXED);
+        pthread_mutex_unlock(&P.mu);
+        J->fn(J->ctx, slot);
+        pthread_mutex_lock(&P.mu);
+        if (__atomic_sub_fetch(&J->active, 1, __ATOMIC_RELEASE) == 0) pthread_cond_broadcast(&P.idle);
+    }
+    return NULL;
+}
+
+/* fn(ctx, slot) on the caller (slot 0) and on up to threads - 1 helpers; returns when all who joined are done */
+static void pool_run(void (*fn)(void *, int), void *ctx, int threads) {
+    pool_job J = {fn, ctx, threads, 1, 0, 0};
+    pthread_once(&P_once, pool_init);
+    const int pooled = threads > 1 && pthread_mutex_trylock(&P.run) == 0;
+    if (pooled) {
+        pthread_mutex_lock(&P.mu);
+        while (P.helpers < threads - 1) {
+            helper_arg *arg = (helper_arg *)malloc(sizeof(helper_arg));
+            pthread_t id;
+            pthread_attr_t attr;
+            if (!arg) break;
+            arg->seen = P.gen; /* it will take the job posted next */
+            pthread_attr_init(&attr);
+            pthread_attr_setdetachstate(&attr, PTHREAD_CREATE_DETACHED);
+            const int rc = pthread_create(&id, &attr, pool_helper, arg);
+            pthread_attr_destroy(&attr);
+            if (rc != 0) {
+                free(arg);
+                break;
+            }
+            P.helpers++;
+        }
+        P.job = &J;
+        P.gen++;
+        pthread_cond_broadcast(&P.wake);
+        pthread_mutex_unlock(&P.mu);
+    }
+    fn(ctx, 0);
+    if (pooled) {
+        pthread_mutex_lock(&P.mu);
+        J.closed = 1;
+        pthread_mutex_unlock(&P.mu);
+        /* a joined helper is finishing its last chunk: spin (sleeping and being woken again costs tens of
+           microseconds in a VM), then sleep if it takes long */
+        for (long spin = 0; spin < 200000 && __atomic_load_n(&J.active, __ATOMIC_ACQUIRE) > 0; spin++)
+            _mm_pause();
+        pthread_mutex_lock(&P.mu);
+        while (__atomic_load_n(&J.active, __ATOMIC_ACQUIRE) > 0) pthread_cond_wait(&P.idle, &P.mu);
+        P.job = NULL;
+        pthread_mutex_unlock(&P.mu);
+        pthread_mutex_unlock(&P.run);
+    }
+}
+
+typedef struct {
+    task_t task;    /* template: everything but the scratch */
+    float *scratch; /* mode 1: one slice per slot */
+    size_t per_slot;
+} gemm_job;
+
+static void gemm_slot(void *ctx, int slot) {
+    gemm_job *G = (gemm_job *)ctx;
+    task_t T = G->task;
+    T.scratch = G->scratch ? G->scratch + (size_t)slot * G->per_slot : NULL;
+    run_task(&T);
+}
+
+static float *alloc_floats(size_t count) {
+    void *p = NULL;
+    if (posix_memalign(&p, 64, (count ? count : 1) * sizeof(float))) return NULL;
+    return (float *)p;
+}
+
+/* y[t, :] = x[t, :] W^T for t < m; x (m, k) with row stride ldx, y (m, n) with row stride ldy.
+   Returns 0, or -1 (unknown isa), -2 (out of memory). */
+int llm1bit_lut_gemm(const lut_layer *L, const float *x, int ldx, float *y, int ldy, int m, int threads,
+                     int isa) {
+    if (isa != ISA_AVX512 && isa != ISA_AVX2) return -1;
+    if (isa > llm1bit_isa()) return -1;
+    const int kp = L->kp, q = L->q;
+    const size_t ts = table_floats(kp);
+    if (threads < 1) threads = 1;
+    if (threads > L->groups) threads = L->groups > 0 ? L->groups : 1;
+    if (threads > 64) threads = 64;
+    const int bm = m < BLOCKM ? m : BLOCKM;
+    const size_t per_slot = (size_t)q * bm * ts + kp;
+    float *xp = alloc_floats((size_t)bm * kp);
+    float *tabs = L->mode == 0 ? alloc_floats((size_t)bm * ts) : NULL;
+    float *scratch = L->mode == 1 ? alloc_floats((size_t)threads * per_slot) : NULL;
+    if (!xp || (L->mode == 0 && !tabs) || (L->mode == 1 && !scratch)) {
+        free(xp);
+        free(tabs);
+        free(scratch);
+        return -2;
+    }
+    /* about 8 chunks per thread: a thread the OS holds back leaves its share to the others */
+    int chunk = L->groups / (8 * threads);
+    if (chunk < 1) chunk = 1;
+    for (int t0 = 0; t0 < m; t0 += BLOCKM) {
+        const int mb = m - t0 < BLOCKM ? m - t0 : BLOCKM;
+        for (int t = 0; t < mb; t++) {
+            memcpy(xp + (size_t)t * kp, x + (size_t)(t0 + t) * ldx, sizeof(float) * L->k);
+            memset(xp + (size_t)t * kp + L->k, 0, sizeof(float) * (kp - L->k));
+            if (L->mode == 0) build_tables(isa, xp + (size_t)t * kp, kp, tabs + (size_t)t * ts);
+        }
+        int next = 0;
+        gemm_job G = {{L, isa, chunk, mb, &next, xp, tabs, y + (size_t)t0 * ldy, ldy, NULL}, scratch, per_slot};
+        pool_run(gemm_slot, &G, threads);
+    }
+    free(xp);
+    free(tabs);
+    free(scratch);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- acc rotations */
+
+/* The signed Hadamard network of llm1bit/quant/incoherence.py (procedure 2), applied in float64 with the
+   same operations in the same order as SignedHadamard.apply / apply_t, to each of m vectors (x: (m, n),
+   row stride ldx, in place): the same bits as numpy. perms int32 (stages, n); flips uint8 (stages, n) is 1
+   where the element taken at position i of stage t is negated (negative[t, perms[t, i]]). A flip toggles the
+   sign bit: exact, as numpy's multiplication by -1.0, and free of branches on random signs (measured: a
+   branch made the 11008-element M^T 4x slower). */
+static const double HALF_SQRT = 0.70710678118654757; /* sqrt(0.5) correctly rounded, as numpy's math.sqrt */
+
+static inline double flip_sign(double v, uint8_t flip) {
+    uint64_t u;
+    memcpy(&u, &v, 8);
+    u ^= (uint64_t)flip << 63;
+    memcpy(&v, &u, 8);
+    return v;
+}
+
+static void hadamard_one(const int32_t *perms, const uint8_t *flips, int stages, int n, int transpose, double *x,
+                         double *tmp) {
+    const int h = n - n % 2;
+    double *src = x, *dst = tmp;
+    for (int s = 0; s < stages; s++) {
+        const int t = transpose ? stages - 1 - s : s;
+        const int32_t *p = perms + (size_t)t * n;
+        const uint8_t *f = flips + (size_t)t * n;
+        if (!transpose) {
+            for (int i = 0; i < h; i += 2) {
+                const double a = flip_sign(src[p[i]], f[i]);
+                const double b = flip_sign(src[p[i + 1]], f[i + 1]);
+                dst[i] = (a + b) * HALF_SQRT;
+                dst[i + 1] = (a - b) * HALF_SQRT;
+            }
+            if (h < n) dst[h] = flip_sign(src[p[h]], f[h]);
+        } else {
+            for (int i = 0; i < h; i += 2) {
+                const double a = src[i], b = src[i + 1];
+                dst[p[i]] = flip_sign((a + b) * HALF_SQRT, f[i]);
+                dst[p[i + 1]] = flip_sign((a - b) * HALF_SQRT, f[i + 1]);
+            }
+            if (h < n) dst[p[h]] = flip_sign(src[h], f[h]);
+        }
+        double *swap = src;
+        src = dst;
+        dst = swap;
+    }
+    if (src != x) memcpy(x, src, sizeof(double) * n);
+}
+
+int llm1bit_hadamard(const int32_t *perms, const uint8_t *flips, int stages, int n, int transpose, double *x,
+                     int ldx, int m) {
+    double *tmp = (double *)malloc(sizeof(double) * (n ? n : 1));
+    if (!tmp) return -2;
+    for (int t = 0; t < m; t++) hadamard_one(perms, flips, stages, n, transpose, x + (size_t)t * ldx, tmp);
+    free(tmp);
+    return 0;
+}
+
+/* ---------------------------------------------------------------- streaming read (benchmark reference) */
+
+typedef struct {
+    const float *p;
+    size_t n;
+    float sum;
+} stream_t;
+
+T512 static void *stream512(void *arg) {
+    stream_t *s = (stream_t *)arg;
+    __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    size_t i = 0;
+    for (; i + 64 <= s->n; i += 64) {
+        a0 = _mm512_add_ps(a0, _mm512_loadu_ps(s->p + i));
+        a1 = _mm512_add_ps(a1, _mm512_loadu_ps(s->p + i + 16));
+        a2 = _mm512_add_ps(a2, _mm512_loadu_ps(s->p + i + 32));
+        a3 = _mm512_add_ps(a3, _mm512_loadu_ps(s->p + i + 48));
+    }
+    float t = _mm512_reduce_add_ps(_mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+    for (; i < s->n; i++) t += s->p[i];
+    s->sum = t;
+    return NULL;
+}
+
+static void *stream_plain(void *arg) {
+    stream_t *s = (stream_t *)arg;
+    float t = 0;
+    for (size_t i = 0; i < s->n; i++) t += s->p[i];
+    s->sum = t;
+    return NULL;
+}
+
+/* Sum of n floats read once by `threads` threads (contiguous shares): what streaming from memory costs. */
+float llm1bit_stream_read(const float *p, size_t n, int threads) {
+    if (threads < 1) threads = 1;
+    if (threads > 64) threads = 64;
+    stream_t parts[64];
+    pthread_t ids[64];
+    int started[64] = {0};
+    void *(*fn)(void *) = llm1bit_isa() == ISA_AVX512 ? stream512 : stream_plain;
+    for (int i = 0; i < threads; i++) {
+        size_t a = n * i / threads, b = n * (i + 1) / threads;
+        parts[i] = (stream_t){p + a, b - a, 0};
+    }
+    for (int i = 1; i < threads; i++) started[i] = pthread_create(&ids[i], NULL, fn, &parts[i]) == 0;
+    fn(&parts[0]);
+    float total = parts[0].sum;
+    for (int i = 1; i < threads; i++) {
+        if (started[i])
+            pthread_join(ids[i], NULL);
+        else
+            fn(&parts[i]);
+        total += parts[i].sum;
+    }
+    return total;
+}

@@ -1,0 +1,376 @@
+"""The LUT kernel (llm1bit.quant.kernel): y = x W^T from packed binary codes, against x dequantize(W)^T in float64.
+
+Every weight here goes through the real format: random `BinaryCodes` (power-of-two scale terms, or float
+scales for bcq) packed by `packing.pack`, or the solver's own output (`quantize_weight`). The kernel's
+paths are fp32 throughout (fp32 tables, fp32 accumulation), so the bound is
+max|y - y_ref| <= 1e-5 max|y_ref| on every path (AVX-512 and AVX2)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from llm1bit.quant.incoherence import rotation_key, rotations
+from llm1bit.quant.kernel import build
+from llm1bit.quant.kernel.gemv import ISAS, lut_linear, rotate
+from llm1bit.quant.kernel.layout import prepare
+from llm1bit.quant.packing import apot_scales, pack
+from llm1bit.quant.result import LEGACY_BUTTERFLY, BinaryCodes, Incoherence, QuantizedWeight, UniformCodes
+
+TOL = 1e-5
+LIB = build.load()
+pytestmark = pytest.mark.skipif(
+    LIB is None, reason=build.unavailable_reason() or "the LUT kernel did not build"
+)
+PATHS = [name for name, isa in ISAS.items() if LIB is not None and isa <= LIB.isa]
+
+STORIES = [(64, 64), (32, 64), (172, 64), (64, 172)]  # q/o, k/v, gate/up, down (N out, K in)
+SMOLLM = [(576, 576), (192, 576), (1536, 576), (576, 1536)]
+ODD = [(1, 1), (37, 45), (173, 77), (3, 300), (129, 33), (17, 259)]
+BATCHES = (1, 2, 3, 4, 5, 16, 17)
+
+
+def layout(mode: str, n: int, groupsize: int) -> tuple[int, int]:
+    """(col_block, row_block) as the solver sets them (llm1bit.quant.solver)."""
+    if mode == "lat":
+        return 8, (-(-n // 8) if groupsize <= 0 else groupsize // 8)
+    return 1, (n if groupsize <= 0 else groupsize)
+
+
+def random_weight(
+    mode: str, n: int, k: int, q: int, groupsize: int, seed: int = 0, legacy: bool = False
+) -> QuantizedWeight:
+    """Random +-1 codes and scales in the layout of `mode` (lat / acc: power-of-two terms, acc with its
+    rotations and rescale; bcq: float scales)."""
+    gen = torch.Generator().manual_seed(seed)
+    col_block, row_block = layout(mode, n, groupsize)
+    codes = torch.where(torch.rand((q, n, k), generator=gen) > 0.5, 1, -1).to(torch.int8)
+    shape = (-(-k // col_block), -(-n // row_block), q)
+    if mode == "bcq":
+        scales = torch.rand(shape, generator=gen) * 0.1 + 1e-3
+        binary = BinaryCodes(codes, scales, col_block, row_block)
+    else:
+        signs = torch.randint(-1, 2, (*shape, 3), generator=gen).to(torch.int8)
+        signs[..., 0] = 1
+        exps = torch.randint(-14, -1, (*shape, 3), generator=gen).to(torch.int8)
+        binary = BinaryCodes(codes, apot_scales(signs, exps), col_block, row_block, signs, exps)
+    inc = None
+    if mode == "acc":
+        rescale = torch.rand(k, generator=gen) * 2 + 0.25
+        if legacy:
+            inc = Incoherence(rescale=rescale, version=LEGACY_BUTTERFLY, seed=seed)
+        else:
+            key = rotation_key(seed, f"layer{n}x{k}")
+            inc = Incoherence(rescale=rescale, key=key, checksum=rotations(key, n, k).checksum)
+    return QuantizedWeight(binary, inc)
+
+
+def check(quantized: QuantizedWeight, batches=BATCHES, paths=None, threads=2, seed=1) -> float:
+    """Pack, prepare, run every batch size on every path; return the worst relative error."""
+    q = quantized.codes.codes.shape[0]
+    tensors, meta = pack(quantized, q)
+    prepared = prepare(tensors, meta)
+    w = quantized.dequantize().double()
+    gen = torch.Generator().manual_seed(seed)
+    worst = 0.0
+    for m in batches:
+        x = torch.randn(m, w.shape[1], generator=gen)
+        ref = x.double() @ w.T
+        scale = float(ref.abs().max()) or 1.0
+        for path in paths or PATHS:
+            y = lut_linear(prepared, x, isa=path, threads=threads)
+            assert y.dtype == torch.float32 and y.shape == ref.shape
+            err = float((y.double() - ref).abs().max()) / scale
+            assert err <= TOL, (path, m, meta["shape"], err)
+            worst = max(worst, err)
+    return worst
+
+
+@pytest.mark.parametrize("mode", ["lat", "acc", "bcq"])
+@pytest.mark.parametrize("groupsize", [-1, 128])
+def test_stories_and_odd_shapes_every_plane_count(mode: str, groupsize: int) -> None:
+    for i, (n, k) in enumerate(STORIES + ODD):
+        for q in (1, 2, 3, 4):
+            check(random_weight(mode, n, k, q, groupsize, seed=i * 10 + q), batches=(1, 3, 4, 17))
+
+
+@pytest.mark.parametrize("mode", ["lat", "acc", "bcq"])
+def test_every_batch_size_1_to_16(mode: str) -> None:
+    check(random_weight(mode, 173, 77, 3, 128, seed=5), batches=tuple(range(1, 17)))
+
+
+@pytest.mark.parametrize("mode", ["lat", "acc", "bcq"])
+@pytest.mark.parametrize("groupsize", [-1, 128])
+def test_smollm_shapes(mode: str, groupsize: int) -> None:
+    for i, (n, k) in enumerate(SMOLLM):
+        check(random_weight(mode, n, k, 1 + (i + len(mode)) % 4, groupsize, seed=i), batches=(1, 5))
+
+
+@pytest.mark.parametrize(
+    "mode,n,k,q,groupsize",
+    [("lat", 8960, 1536, 3, 128), ("bcq", 1536, 8960, 2, -1), ("acc", 256, 1536, 4, 128)],
+    ids=["lat-up", "bcq-down", "acc-k"],
+)
+def test_qwen_shapes(mode: str, n: int, k: int, q: int, groupsize: int) -> None:
+    check(random_weight(mode, n, k, q, groupsize), batches=(1, 4))
+
+
+def test_legacy_rotations() -> None:
+    """Folders of format versions 1 and 2 (butterfly rotations, applied in numpy around the kernel)."""
+    check(random_weight("acc", 60, 90, 2, -1, legacy=True), batches=(1, 3))
+
+
+def test_solver_output(make_layer) -> None:
+    """Real solver results (lat and acc with incoherence, bcq) for an odd-sized layer."""
+    from llm1bit.quant.config import QuantSpec
+    from llm1bit.quant.solver import quantize_weight
+
+    w, h, _ = make_layer(45, 172, tokens=256)
+    for spec in (
+        QuantSpec(method="shiftaddllm", mode="lat", wbits=3, groupsize=128, bcq_rounds=3),
+        QuantSpec(method="shiftaddllm", mode="lat", wbits=2, bcq_rounds=3),
+        QuantSpec(method="shiftaddllm", mode="acc", wbits=2, bcq_rounds=3, module="m.down_proj"),
+        QuantSpec(method="bcq", wbits=4, groupsize=128, bcq_rounds=3),
+    ):
+        quantized = quantize_weight(w, h, spec)
+        assert isinstance(quantized.codes, BinaryCodes)
+        assert (quantized.incoherence is not None) == (spec.mode == "acc" and spec.method == "shiftaddllm")
+        check(quantized, batches=(1, 7))
+
+
+def test_one_thread_equals_two() -> None:
+    """Threads split output rows only: the result is the same bits whatever the thread count."""
+    quantized = random_weight("lat", 1536, 576, 3, 128)
+    tensors, meta = pack(quantized, 3)
+    prepared = prepare(tensors, meta)
+    x = torch.randn(3, 576, generator=torch.Generator().manual_seed(0))
+    one = lut_linear(prepared, x, threads=1)
+    assert torch.equal(one, lut_linear(prepared, x, threads=2))
+    assert torch.equal(one, lut_linear(prepared, x, threads=7))
+
+
+def test_concurrent_callers_and_fork() -> None:
+    """Two Python threads in the kernel at once (ctypes drops the GIL), and a forked child (no helper threads
+    there) get the same bits as one caller."""
+    import os
+    import threading
+
+    prepared = prepare(*pack(random_weight("lat", 2048, 1536, 3, 128), 3))
+    x = torch.randn(2, 1536, generator=torch.Generator().manual_seed(0))
+    want = lut_linear(prepared, x, threads=2)
+    got: list[torch.Tensor] = []
+
+    def run() -> None:
+        for _ in range(20):
+            got.append(lut_linear(prepared, x, threads=2))
+
+    workers = [threading.Thread(target=run) for _ in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert len(got) == 40 and all(torch.equal(g, want) for g in got)
+    pid = os.fork()
+    if pid == 0:  # child: report equality through the exit code
+        ok = torch.equal(lut_linear(prepared, x, threads=2), want)
+        os._exit(0 if ok else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def test_rotations_match_numpy_bit_for_bit() -> None:
+    for n in (1, 2, 7, 64, 173):
+        key = rotation_key(3, f"r{n}")
+        rot = rotations(key, n, n)
+        tensors = {"codes": torch.zeros((1, n, -(-n // 8)), dtype=torch.uint8)}
+        prepared = prepare(
+            {
+                **tensors,
+                "scales": torch.ones(n, 1, 1),
+                "incoherence_rescale": torch.ones(n),
+                "incoherence_key": torch.tensor([w - (1 << 64) if w >= 1 << 63 else w for w in key]),
+                "incoherence_sha256": torch.tensor(list(bytes.fromhex(rot.checksum)), dtype=torch.uint8),
+            },
+            {
+                "format": "binary",
+                "bits": 1,
+                "shape": [n, n],
+                "col_block": 1,
+                "row_block": n,
+                "rotation_version": 2,
+                "rotation_sha256": rot.checksum,
+            },
+        )
+        x = np.random.default_rng(n).standard_normal((4, n))
+        assert np.array_equal(rotate(LIB, prepared.v, x.copy(), transpose=False), rot.v.apply(x.T).T)
+        assert np.array_equal(rotate(LIB, prepared.u, x.copy(), transpose=True), rot.u.apply_t(x.T).T)
+
+
+# ---------------------------------------------------------------- QuantLinear, modes, fallbacks
+
+
+def quant_linear(mode: str = "lat", n: int = 172, k: int = 64, q: int = 3, bias: bool = True):
+    from llm1bit.quant.linear import QuantLinear
+
+    quantized = random_weight(mode, n, k, q, 128)
+    b = torch.randn(n, generator=torch.Generator().manual_seed(2)) if bias else None
+    return QuantLinear(quantized, b), quantized
+
+
+def test_forward_modes(monkeypatch) -> None:
+    from llm1bit.quant.kernel import forward
+
+    layer, quantized = quant_linear("acc")
+    x = torch.randn(2, 5, 64, generator=torch.Generator().manual_seed(0))
+    ref = x.double() @ quantized.dequantize().double().T + layer.bias.double()
+    monkeypatch.setenv("LLM1BIT_KERNEL", "dense")
+    assert forward(layer, x) is None
+    for mode in ("auto", "lut"):
+        monkeypatch.setenv("LLM1BIT_KERNEL", mode)
+        y = forward(layer, x)
+        assert y is not None and y.shape == (2, 5, 172) and y.dtype == torch.float32
+        assert float((y.double() - ref).abs().max()) <= TOL * float(ref.abs().max())
+    monkeypatch.setenv("LLM1BIT_KERNEL", "auto")
+    big = torch.randn(1000, 64)
+    assert forward(layer, big) is not None  # rebuilding W costs more than the kernel at any batch size
+    layer.set_cache(True)
+    assert forward(layer, big) is None  # many rows and a cached dense weight: the matmul is faster
+    assert forward(layer, x) is not None
+    monkeypatch.setenv("LLM1BIT_KERNEL", "lut")
+    assert forward(layer, big) is not None
+    layer.set_cache(False)
+    y16 = forward(layer, x.to(torch.bfloat16))
+    assert y16.dtype == torch.bfloat16
+    monkeypatch.setenv("LLM1BIT_KERNEL", "fast")
+    from llm1bit.errors import UserError
+
+    with pytest.raises(UserError, match="unknown LLM1BIT_KERNEL 'fast'"):
+        forward(layer, x)
+
+
+def test_forced_avx2_through_the_environment(monkeypatch) -> None:
+    from llm1bit.quant.kernel import forward
+
+    layer, quantized = quant_linear("lat", bias=False)
+    x = torch.randn(3, 64, generator=torch.Generator().manual_seed(0))
+    monkeypatch.setenv("LLM1BIT_KERNEL", "lut")
+    monkeypatch.setenv("LLM1BIT_KERNEL_ISA", "avx2")
+    ref = x.double() @ quantized.dequantize().double().T
+    y = forward(layer, x)
+    assert float((y.double() - ref).abs().max()) <= TOL * float(ref.abs().max())
+
+
+def test_lut_refuses_uniform_codes_naming_the_layer(monkeypatch) -> None:
+    from llm1bit.quant.kernel import KernelRefused, forward, require_lut, require_lut_model
+    from llm1bit.quant.linear import QuantLinear
+
+    gen = torch.Generator().manual_seed(0)
+    uniform = UniformCodes(
+        torch.randint(0, 16, (8, 32), generator=gen, dtype=torch.uint8),
+        torch.rand(8, 1, generator=gen),
+        torch.full((8, 1), 7.0),
+        groupsize=32,
+    )
+    layer = QuantLinear(QuantizedWeight(uniform), None, bits=4)
+    monkeypatch.setenv("LLM1BIT_KERNEL", "auto")
+    assert forward(layer, torch.randn(1, 32)) is None
+    monkeypatch.setenv("LLM1BIT_KERNEL", "lut")
+    with pytest.raises(
+        KernelRefused,
+        match=r"layer QuantLinear 8x32 uniform 4-bit cannot use the LUT kernel: its codes are uniform",
+    ):
+        forward(layer, torch.randn(1, 32))
+    model = torch.nn.Sequential()
+    model.add_module("proj", layer)
+    with pytest.raises(KernelRefused, match=r"^LLM1BIT_KERNEL=lut: layer proj \(8x32 uniform 4-bit\)"):
+        require_lut_model(model)
+    good, _ = quant_linear("bcq")
+    require_lut(good, "ok")
+
+
+def test_prepared_layout_follows_the_buffers() -> None:
+    """Loading new codes into a layer (in place, as load_state_dict does) rebuilds the kernel's layout."""
+    from llm1bit.quant.kernel import forward, prepared_for
+
+    layer, _ = quant_linear("lat", bias=False)
+    other, other_q = quant_linear("lat", bias=False)
+    x = torch.randn(1, 64)
+    first = prepared_for(layer)
+    assert prepared_for(layer) is first
+    layer.load_state_dict(other.state_dict())
+    assert prepared_for(layer) is not first
+    ref = x.double() @ other_q.dequantize().double().T
+    y = forward(layer, x)
+    assert float((y.double() - ref).abs().max()) <= TOL * float(ref.abs().max())
+
+
+def test_no_compiler_warns_once_and_runs_dense(monkeypatch, tmp_path, capsys) -> None:
+    from llm1bit.quant.kernel import KernelRefused, forward
+
+    monkeypatch.setattr(build, "compiler", lambda: None)
+    monkeypatch.setenv("LLM1BIT_CACHE_DIR", str(tmp_path))
+    build.load.cache_clear()
+    try:
+        layer, _ = quant_linear("lat")
+        monkeypatch.setenv("LLM1BIT_KERNEL", "auto")
+        assert forward(layer, torch.randn(1, 64)) is None
+        assert forward(layer, torch.randn(1, 64)) is None
+        err = capsys.readouterr().err
+        assert err.count("warning:") == 1 and "no C compiler" in err and "dense path" in err
+        y = layer(torch.randn(2, 64))  # QuantLinear itself: the dense path, no error
+        assert y.shape == (2, 172)
+        monkeypatch.setenv("LLM1BIT_KERNEL", "lut")
+        with pytest.raises(KernelRefused, match="no C compiler"):
+            forward(layer, torch.randn(1, 64))
+    finally:
+        build.load.cache_clear()
+
+
+def test_builds_from_scratch_into_the_cache(tmp_path, monkeypatch) -> None:
+    """A fresh clone (empty cache): compiled at first use under $LLM1BIT_CACHE_DIR/kernels/<hash>/."""
+    monkeypatch.setenv("LLM1BIT_CACHE_DIR", str(tmp_path))
+    cc = build.compiler()
+    target = build.build_dir(cc) / "liblut.so"
+    assert target.parent.parent == Path(tmp_path) / "kernels" and not target.exists()
+    build.compile_library(cc, target)
+    assert target.exists() and list(target.parent.iterdir()) == [target]
+
+
+# ---------------------------------------------------------------- end to end
+
+
+def test_perplexity_kernel_equals_dense(tmp_path, monkeypatch, one_thread) -> None:
+    """A quantized stories260K folder (lat and bcq layers): perplexity through the kernel agrees with the dense
+    rebuild to 1e-3 relative."""
+    from llm1bit.atomic import atomic_dir
+    from llm1bit.quant.calib import sample_windows, tokenize_file
+    from llm1bit.quant.checkpoint import load_quantized, save_quantized
+    from llm1bit.quant.config import QuantSpec
+    from llm1bit.quant.models import load_model
+    from llm1bit.quant.perplexity import perplexity
+    from llm1bit.quant.pipeline import quantize_model
+
+    data = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
+    model, tokenizer = load_model(data / "models" / "stories260K")
+    ids = tokenize_file(data / "tinystories" / "valid-head.txt", tokenizer)
+    calib = sample_windows(ids[: ids.numel() // 2], nsamples=2, seqlen=64, seed=0)
+    results = {}
+    for spec in (
+        QuantSpec(method="shiftaddllm", mode="lat", wbits=3, bcq_rounds=3),
+        QuantSpec(method="shiftaddllm", mode="acc", wbits=3, bcq_rounds=3),
+    ):
+        model, tokenizer = load_model(data / "models" / "stories260K")
+        quantize_model(model, spec, calib)
+        out = tmp_path / spec.mode
+        with atomic_dir(out) as tmp:
+            save_quantized(model, tokenizer, tmp, spec.to_dict(), extra={"calibration": None})
+        reloaded = load_quantized(out)
+        evals = ids[ids.numel() // 2 :]
+        for kernel in ("dense", "lut"):
+            monkeypatch.setenv("LLM1BIT_KERNEL", kernel)
+            results[spec.mode, kernel] = perplexity(reloaded, evals, seqlen=128, max_windows=4).perplexity
+        dense, lut = results[spec.mode, "dense"], results[spec.mode, "lut"]
+        assert abs(lut - dense) <= 1e-3 * dense, (spec.mode, dense, lut)
