@@ -26,12 +26,14 @@ from typing import Protocol
 
 import numpy as np
 
+from llm1bit.backends import BACKENDS, get_backend
 from llm1bit.cache import ResultCache
 from llm1bit.costs import Pricing, joules, operand_costs, seconds, word_bytes
 from llm1bit.counters import Counters
 from llm1bit.engine import Executor, Progress, RunReport, evaluate
 from llm1bit.hardware import DEFAULT_DRAM_GBPS, DEFAULT_FREQ_MHZ, Hardware
 from llm1bit.models import ModelSpec
+from llm1bit.phases import tokens_per_step
 from llm1bit.split import point_label
 from llm1bit.sweep import CSV_COLUMNS
 from llm1bit.workload import MATMUL_FREE, Gemm, build_workload
@@ -128,9 +130,10 @@ class BulkTable:
         self.workloads = list(itertools.product(space.seq_lens, space.phases, space.batches))
         self.design_of = {h: design(h) for h in space.hardware}
         self.parquet = parquet
+        self.backend = get_backend(space.backend)
         self._uncovered: set[tuple] = set()
         self._stored: dict[str, dict] = {}
-        if space.backend == "scalesim":
+        if self.backend.stored:
             self._simulate(cache, jobs, progress, report, executor)
         self._pricing_label = {p: point_label(*self._ref(), backend="", pricing=p) for p in space.pricings}
 
@@ -143,21 +146,25 @@ class BulkTable:
         return s.models[0], s.hardware[0], s.seq_lens[0], s.phases[0], s.batches[0]
 
     def _simulate(self, cache, jobs, progress, report, executor) -> None:
-        """Every distinct (shape, design) pair through the real SCALE-Sim, those outside its exact composition
-        through the closed form, as `sweep.run_points` does (the store first, then the executor)."""
-        from llm1bit.backends.scalesim import check_exact
+        """Every distinct (shape, design) pair through a stored backend (the real SCALE-Sim), the pairs of a
+        workload it does not compute exactly through its fallback (the closed form), as `sweep.run_points`
+        does (the store first, then the executor)."""
         from llm1bit.errors import UserError
 
+        chosen, fallback = self.backend, self.backend.fallback
+
         def covered(pair: tuple) -> bool:
+            if fallback is None:  # nothing to fall back on: evaluate refuses what the backend cannot do
+                return True
             try:
-                check_exact(*pair[0], pair[1])
+                chosen.check(*pair)
                 return True
             except UserError:
                 self._uncovered.add(pair)
                 return False
 
         designs = list(dict.fromkeys(self.design_of.values()))
-        wanted: dict[str, dict[tuple, None]] = {"scalesim": {}, "analytic": {}}
+        wanted: dict[str, dict[tuple, None]] = {name: {} for name in (chosen.name, fallback) if name}
         checked: dict[tuple, bool] = {}
         for model in self.space.models:
             for w in self.workloads:
@@ -168,7 +175,7 @@ class BulkTable:
                         if pair not in checked:
                             checked[pair] = covered(pair)
                     exact = all(checked[pair] for pair in pairs)
-                    wanted["scalesim" if exact else "analytic"].update(dict.fromkeys(pairs))
+                    wanted[chosen.name if exact else fallback].update(dict.fromkeys(pairs))
         for name, pairs in wanted.items():
             if pairs:
                 self._stored[name] = evaluate(
@@ -191,11 +198,7 @@ class BulkTable:
         s, (model0, hw0, seq0, phase0, batch0) = self.space, self._ref()
         labels = [point_label(m, hw0, seq0, phase0, batch0, "", s.pricings[0]) for m in s.models]
         labels += [point_label(model0, h, seq0, phase0, batch0, "", s.pricings[0]) for h in s.hardware]
-        labels += [
-            point_label(model0, hw0, *w, b, s.pricings[0])
-            for w in self.workloads
-            for b in ("analytic", "scalesim")
-        ]
+        labels += [point_label(model0, hw0, *w, b, s.pricings[0]) for w in self.workloads for b in BACKENDS]
         labels += list(self._pricing_label.values())
         out = {
             c: list(dict.fromkeys(number_or_text(label[c]) for label in labels))
@@ -250,7 +253,7 @@ class _ModelPricer:
         self.table, self.model = table, model
         pricings = table.space.pricings
         self.gemms = [build_workload(model, *w) for w in table.workloads]
-        self.tokens = [b if ph == "decode" else b * seq for seq, ph, b in table.workloads]
+        self.tokens = [tokens_per_step(ph, b, seq) for seq, ph, b in table.workloads]
         operand = {
             g: [operand_costs(g, p) for p in pricings] for g in dict.fromkeys(itertools.chain(*self.gemms))
         }
@@ -266,19 +269,20 @@ class _ModelPricer:
         key = (shape, d, backend)
         if key not in self._counters:
             stored = self.table._stored.get(backend)
-            if stored is not None:
-                c = stored[(shape, d)]
-            else:
-                from llm1bit.backends.analytic import analytic_counters
-
-                c = analytic_counters(*shape, d)
+            # a backend that is not `stored` (the closed form) computes on demand: memory stays flat
+            c = (
+                stored[(shape, d)]
+                if stored is not None
+                else self.table.backend.counters([(shape, d)])[(shape, d)]
+            )
             self._counters[key] = tuple(getattr(c, f) for f in COUNTER_FIELDS)
         return self._counters[key]
 
     def _backend(self, gemms: list[Gemm], d: Hardware) -> str:
-        if self.table.space.backend == "analytic":
-            return "analytic"
-        return "analytic" if any((g.shape, d) in self.table._uncovered for g in gemms) else "scalesim"
+        t = self.table
+        if t._uncovered and any((g.shape, d) in t._uncovered for g in gemms):
+            return t.backend.fallback
+        return t.space.backend
 
     def _price(self, wi: int, designs: list[Hardware], dix: np.ndarray, freq, gbps) -> _Priced:
         """Costs.price and Split's sums for every design / hardware entry x pricing of one workload at once:

@@ -17,17 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from llm1bit.counters import Counters
-from llm1bit.energy import (
-    BCQ_COMPUTE,
-    EnergyTable,
-    attention_ops,
-    load_energy_table,
-    ops_energy_pj,
-    projection_ops,
-)
+from llm1bit.energy import EnergyTable, attention_ops, load_energy_table, ops_energy_pj
 from llm1bit.errors import unknown_choice
 from llm1bit.hardware import Hardware
-from llm1bit.precision import Precision, bits_moved
+from llm1bit.precision import Precision
+from llm1bit.weight_formats import BCQ_COMPUTE, weight_format
 from llm1bit.workload import MATMUL_FREE, Gemm
 
 
@@ -84,9 +78,9 @@ def operand_costs(gemm: Gemm, pricing: Pricing) -> tuple[float | None, float, fl
     m, n, k = gemm.shape
     if gemm.part == MATMUL_FREE:
         weight_bits = gemm.weight_bits or p.weight_bits
-        fmt = gemm.weight_format or p.weight_format
-        filter_bits = gemm.bits_moved or bits_moved(fmt, weight_bits, n, k)
-        ops = projection_ops(fmt, weight_bits, p.act_bits, m, n, k, pricing.bcq_compute)
+        fmt = weight_format(gemm.weight_format or p.weight_format)  # what it moves and what it costs
+        filter_bits = gemm.bits_moved or fmt.bits_moved(weight_bits, n, k)
+        ops = fmt.ops(weight_bits, p.act_bits, m, n, k, pricing.bcq_compute)
     else:
         weight_bits, filter_bits = None, p.kv_bits
         ops = attention_ops(p.act_bits, p.kv_bits, m, n, k)

@@ -1,13 +1,12 @@
-"""Energy: a table of unit energies (a JSON file users can replace) and the operations of each GEMM.
+"""Energy: a table of unit energies (a JSON file users can replace) and the pricing of operations with it.
 
 Energy of one GEMM = Σ operations × energy per operation + SRAM bytes × energy per SRAM byte +
 DRAM bytes × energy per DRAM byte. Which operations a product needs depends on its part and on
-the weight format (README "Cost model"): multiply-accumulates for the attention heads and for
-fp weights; dequantization plus a MAC at the activation precision for uniform integer weights
-(as ShiftAddLLM's energy script models its GPTQ baseline); additions only for binary and ternary
-weights; for BCQ with power-of-two scales, per bit plane 8-bit LUT queries (one per 8 weights, the
-LUT built once per 8 inputs and token) or additions, plus a shift and an add per power-of-two term of
-each scale (ShiftAddLLM §4.1 and its energy script, energy/shiftaddllm_energy.py)."""
+the weight format (README "Cost model"): multiply-accumulates for the attention heads (here); for
+a projection, what its weight format says (`WeightFormat.ops` in llm1bit.weight_formats: MACs for
+fp weights, dequantization plus a MAC at the activation precision for uniform integer weights,
+additions only for binary and ternary weights, LUT queries or additions plus shifts for BCQ with
+power-of-two scales). Operations are named in the table's vocabulary (llm1bit.ops)."""
 
 from __future__ import annotations
 
@@ -19,26 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from llm1bit.errors import UserError, unknown_choice
-from llm1bit.precision import APOT_TERMS
+from llm1bit.ops import OP_NAMES, arith_class, mac
 
 TABLE_DIR = Path(__file__).resolve().parent / "energy_tables"
 BUILTIN_TABLES = ("horowitz-45nm", "shiftaddllm")
-OP_NAMES = (
-    "fp32_mult",
-    "fp32_add",
-    "fp16_mult",
-    "fp16_add",
-    "int32_mult",
-    "int32_add",
-    "int8_mult",
-    "int8_add",
-    "int32_shift",
-    "int16_shift",
-    "int8_shift",
-    "lut_query",
-)
-BCQ_COMPUTE = ("lut", "add")  # BCQ inner products by 8-bit LUT queries (ShiftAddLLM) or plain additions
-LUT_INPUTS = 8  # one LUT per 8 inputs: 2**8 entries, one query stands for 8 multiply-free operations
 
 
 @dataclass(frozen=True)
@@ -116,71 +99,9 @@ def load_energy_table(spec: str | Path | None = None) -> EnergyTable:
     )
 
 
-def arith_class(bits: float) -> str:
-    """The table entry an operand width computes in: > 16 bits fp32, > 8 bits fp16 (LLM activations),
-    else int8 (the table's smallest entry)."""
-    return "fp32" if bits > 16 else "fp16" if bits > 8 else "int8"
-
-
-def _acc_add(cls: str) -> str:
-    """Accumulation: fp32 / fp16 in their own precision, integers in int32."""
-    return {"fp32": "fp32_add", "fp16": "fp16_add", "int8": "int32_add"}[cls]
-
-
-def _shift(bits: float) -> str:
-    return "int32_shift" if bits > 16 else "int16_shift" if bits > 8 else "int8_shift"
-
-
-def _mac(cls: str, count: float) -> dict[str, float]:
-    return {f"{cls}_mult": count, _acc_add(cls): count}
-
-
-def _add(into: dict[str, float], ops: dict[str, float]) -> dict[str, float]:
-    for name, count in ops.items():
-        into[name] = into.get(name, 0.0) + count
-    return into
-
-
-def projection_ops(
-    fmt: str, weight_bits: float, act_bits: float, m: int, n: int, k: int, bcq_compute: str = "lut"
-) -> dict[str, float]:
-    """Operations of one projection GEMM (M tokens, N outputs, K inputs) whose weights are in `fmt`."""
-    a = arith_class(act_bits)
-    macs = float(m) * n * k
-    if fmt in ("fp", "raw"):
-        return _mac(arith_class(max(weight_bits, act_bits)), macs)
-    if fmt == "int":  # dequantize each weight once per step, (q - zero) * scale; MACs at the activation width
-        return _add({"fp16_add": float(n) * k, "fp16_mult": float(n) * k}, _mac(a, macs))
-    if fmt in ("binary", "ternary"):  # signed additions, one scale multiply per output
-        return {_acc_add(a): macs, f"{a}_mult": float(m) * n}
-    if fmt in ("bcq-lat", "bcq-acc"):
-        # ShiftAddLLM §4.1 and its energy script: per token, a LUT of 2^8 partial sums for every 8 inputs
-        # (8 mults + 8 adds + 255 adds to build), one LUT query per (output, plane, 8-input slab) standing
-        # for 8 weights, each result shifted by its power-of-two scale terms and added up.
-        q, t = weight_bits, APOT_TERMS
-        slabs = -(-k // LUT_INPUTS)
-        results = float(m) * n * q * slabs  # LUT results (or 8-weight inner sums): per output, plane, slab
-        builds = float(m) * slabs
-        if fmt == "bcq-lat":  # one scale per 8-column slab: shift each result by its t terms
-            shifts = results * t
-        else:  # bcq-acc: one scale per input column: scale the inputs per plane, one LUT per plane
-            shifts, builds = float(m) * k * q * t, builds * q
-        ops = {_shift(act_bits): shifts, _acc_add(a): results * t}
-        if bcq_compute == "lut":
-            _add(
-                ops, {"lut_query": results, f"{a}_mult": builds * LUT_INPUTS, _acc_add(a): builds * (8 + 255)}
-            )
-        else:
-            _add(ops, {_acc_add(a): macs * q})
-        return ops
-    raise unknown_choice(
-        "weight format", fmt, ("fp", "raw", "int", "binary", "ternary", "bcq-lat", "bcq-acc")
-    )
-
-
 def attention_ops(act_bits: float, kv_bits: float, m: int, n: int, k: int) -> dict[str, float]:
     """The attention heads multiply activations by the cached K / V: MACs at the wider of the two widths."""
-    return _mac(arith_class(max(act_bits, kv_bits)), float(m) * n * k)
+    return mac(arith_class(max(act_bits, kv_bits)), float(m) * n * k)
 
 
 def ops_energy_pj(ops: dict[str, float], table: EnergyTable) -> float:

@@ -1,16 +1,16 @@
-"""Engine: counters for a batch of GEMMs from one backend, deduplicated, stored and in parallel.
+"""Engine: counters for a batch of GEMMs from one registered backend, deduplicated, stored and in parallel.
 
-`analytic` evaluates the closed forms in-process (microseconds each, no store needed).
-`scalesim` plans each GEMM as a few small real SCALE-Sim runs (backends.scalesim), looks every
-run up in the verified result store (each store key once), runs the missing ones on an executor
-(a local process pool, or Ray tasks; largest first), stores each finished run at once in this driver
-and composes. Ctrl-C stops the workers at once (pool workers ignore SIGINT and are terminated; Ray
-tasks are cancelled), keeps every run that finished and says how to resume."""
+`evaluate` looks the backend up in the registry (llm1bit.backends) and hands it the distinct pairs with a
+`Runs`: what a backend whose runs are expensive (`stored`, the real SCALE-Sim) needs besides its own
+knowledge. `Runs.results` looks every run up in the verified result store (each store key once), runs the
+missing ones on an executor (a local process pool, or Ray tasks; largest first) and stores each finished run
+at once in this driver. Ctrl-C stops the workers at once (pool workers ignore SIGINT and are terminated; Ray
+tasks are cancelled), keeps every run that finished and says how to resume. A cheap backend (the closed
+form) computes in-process and never touches the store."""
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import os
 import signal
 import socket
@@ -18,17 +18,17 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
+from llm1bit.backends import get_backend
+from llm1bit.backends.base import Pair
 from llm1bit.cache import ResultCache
 from llm1bit.counters import Counters
 from llm1bit.errors import Interrupted, UserError, unknown_choice, warn
-from llm1bit.hardware import Hardware
 
-BACKENDS = ("scalesim", "analytic")
 EXECUTORS = ("local", "ray")
-Shape = tuple[int, int, int]
-Pair = tuple[Shape, Hardware]
 # progress(done, total) after each finished real simulator run
 Progress = Callable[[int, int], None]
+# one run on a worker: (shape, hardware) -> the pair and its counters (a top-level function: shipped by name)
+Simulate = Callable[[Pair], tuple[Pair, Counters]]
 
 
 @dataclass
@@ -44,29 +44,10 @@ class RunReport:
         return f"SCALE-Sim runs: {self.stored} from the store, {self.simulated} simulated"
 
 
-def _run_piece(shape: Shape, hw: Hardware) -> Counters:
-    from llm1bit.backends.scalesim_runner import run_whole
-
-    return run_whole([shape], hw)[0]
-
-
-def _run_pair(pair: Pair) -> tuple[Pair, Counters]:
-    return pair, _run_piece(*pair)
-
-
 def _worker_init() -> None:
     """Workers leave Ctrl-C to the driver, and exit cleanly (temporary folders removed) when it terminates them."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
-
-
-def piece_key(shape: Shape, fingerprint: str) -> str:
-    """The store key of one real SCALE-Sim run: its shape, the hardware fingerprint, the simulator version."""
-    from llm1bit.backends.scalesim_runner import SCALESIM_VERSION
-
-    return ResultCache.key(
-        backend="scalesim", m=shape[0], n=shape[1], k=shape[2], hw=fingerprint, scalesim=SCALESIM_VERSION
-    )
 
 
 def default_jobs() -> int:
@@ -83,67 +64,52 @@ def evaluate(
     report: RunReport | None = None,
     executor: Executor | None = None,
 ) -> dict[Pair, Counters]:
-    """Counters of every distinct (shape, hardware) pair."""
-    if backend not in BACKENDS:
-        raise unknown_choice("backend", backend, BACKENDS)
-    wanted = list(dict.fromkeys(shapes))
-    if backend == "analytic":
-        from llm1bit.backends.analytic import analytic_counters
-
-        return {(s, hw): analytic_counters(*s, hw) for s, hw in wanted}
-
-    from llm1bit.backends import scalesim as composed
-
-    cache = cache or ResultCache(None)
-    report = report if report is not None else RunReport()
-    unit = temporal_unit or composed.TEMPORAL_UNIT
-    plans = {}
-    for shape, hw in wanted:
-        if hw.bandwidth_mode != "CALC":
-            raise UserError(
-                f"hardware {hw.name}: InterfaceBandwidth {hw.bandwidth_mode}; the study needs CALC"
-            )
-        composed.check_exact(*shape, hw)
-        plans[(shape, hw)] = composed.plan(*shape, hw, unit)
-
-    # Runs are keyed by what decides them (shape, hardware fingerprint, simulator version): designs that differ
-    # only in name, clock or bandwidth share their runs, each simulated once.
-    fingerprints: dict[Hardware, str] = {}
-    keys: dict[Pair, str] = {}
-    for (_, hw), piece_list in plans.items():
-        if hw not in fingerprints:
-            fingerprints[hw] = hw.fingerprint()
-        fp = fingerprints[hw]
-        for piece in piece_list:
-            if (piece.shape, hw) not in keys:
-                keys[(piece.shape, hw)] = piece_key(piece.shape, fp)
-    runs = {key: pair for pair, key in reversed(keys.items())}  # key -> one pair that needs it (the first)
-    rejected_before = cache.rejected
-    hits = cache.get_many(runs)
-    pieces: dict[str, Counters] = {key: Counters.from_dict(value) for key, value in hits.items()}
-    report.stored += len(pieces)
-    if cache.rejected > rejected_before:
-        warn(
-            f"{cache.rejected - rejected_before} stored results in {cache.path} failed verification; "
-            "they were discarded and are recomputed"
-        )
-    missing = [pair for key, pair in runs.items() if key not in pieces]
-    _run_missing(
-        missing, pieces, cache, keys, jobs or default_jobs(), progress, report, executor or Executor()
+    """Counters of every distinct (shape, hardware) pair from the registered backend `backend`."""
+    chosen = get_backend(backend)
+    if not chosen.available():
+        raise UserError(f"backend {backend} is not installed here: {chosen.install}")
+    runs = Runs(
+        cache or ResultCache(None),
+        jobs or default_jobs(),
+        progress,
+        report if report is not None else RunReport(),
+        executor or Executor(),
+        temporal_unit,
     )
+    return chosen.counters(list(dict.fromkeys(shapes)), runs)
 
-    out = {}
-    for pair, piece_list in plans.items():
-        total = Counters()
-        for piece in piece_list:
-            total = total + pieces[keys[(piece.shape, pair[1])]] * piece.weight
-        if total.is_negative():
-            raise UserError(
-                f"GEMM M={pair[0][0]} N={pair[0][1]} K={pair[0][2]} on {pair[1].name}: the composed counters are "
-                f"negative ({total}); the store at {cache.path} holds wrong results: run `llm1bit cache clear`"
+
+@dataclass
+class Runs:
+    """What `evaluate` lends a backend whose runs are expensive (backends.Runs): the result store, an executor,
+    the progress callback and the report, behind `results`."""
+
+    cache: ResultCache
+    jobs: int
+    progress: Progress | None
+    report: RunReport
+    executor: Executor
+    temporal_unit: int | None = None  # the composition's step along the streamed dimension (tests shrink it)
+
+    def results(self, runs: dict[str, Pair], simulate: Simulate, **meta: object) -> dict[str, Counters]:
+        """Counters of every run, by store key: the stored ones from the store, the others `simulate`d on the
+        executor (largest first) and stored, with `meta` (backend, simulator version), as each finishes."""
+        cache, report = self.cache, self.report
+        rejected_before = cache.rejected
+        hits = cache.get_many(runs)
+        pieces: dict[str, Counters] = {key: Counters.from_dict(value) for key, value in hits.items()}
+        report.stored += len(pieces)
+        if cache.rejected > rejected_before:
+            warn(
+                f"{cache.rejected - rejected_before} stored results in {cache.path} failed verification; "
+                "they were discarded and are recomputed"
             )
-        out[pair] = total
-    return out
+        missing = [pair for key, pair in runs.items() if key not in pieces]
+        keys = {pair: key for key, pair in runs.items()}
+        _run_missing(
+            missing, pieces, cache, keys, simulate, meta, self.jobs, self.progress, report, self.executor
+        )
+        return pieces
 
 
 def _run_missing(
@@ -151,6 +117,8 @@ def _run_missing(
     pieces: dict[str, Counters],
     cache: ResultCache,
     keys: dict[Pair, str],
+    simulate: Simulate,
+    meta: dict[str, object],
     jobs: int,
     progress: Progress | None,
     report: RunReport,
@@ -164,15 +132,12 @@ def _run_missing(
     if not missing:  # everything stored: no pool, no Ray runtime to start or reach
         return
 
-    from llm1bit.backends.scalesim_runner import SCALESIM_VERSION
-
     def record(pair: Pair, counters: Counters) -> None:
         pieces[keys[pair]] = counters
         cache.put(
             keys[pair],
             counters.to_dict(),
-            backend="scalesim",
-            simulator=SCALESIM_VERSION,
+            **meta,
             m=pair[0][0],
             n=pair[0][1],
             k=pair[0][2],
@@ -183,11 +148,11 @@ def _run_missing(
             progress(report.simulated, total)
 
     results = (
-        _serial(missing)
+        _serial(missing, simulate)
         if executor.kind == "local" and (jobs <= 1 or total <= 1)
-        else _pool(missing, min(jobs, total))
+        else _pool(missing, min(jobs, total), simulate)
         if executor.kind == "local"
-        else _ray(missing, executor)
+        else _ray(missing, executor, simulate)
     )
     try:
         for pair, counters in results:
@@ -202,16 +167,18 @@ def _run_missing(
         results.close()  # stops the workers (pool terminated / Ray tasks cancelled), on Ctrl-C before the message
 
 
-def _serial(missing: list[Pair]) -> Iterator[tuple[Pair, Counters]]:
+def _serial(missing: list[Pair], simulate: Simulate) -> Iterator[tuple[Pair, Counters]]:
     for pair in missing:
-        yield pair, _run_piece(*pair)
+        yield simulate(pair)
 
 
-def _pool(missing: list[Pair], processes: int) -> Iterator[tuple[Pair, Counters]]:
+def _pool(missing: list[Pair], processes: int, simulate: Simulate) -> Iterator[tuple[Pair, Counters]]:
     """A local process pool; closing the generator (done, Ctrl-C, error) terminates its workers at once."""
+    import multiprocessing  # here: only runs of the real simulator start a pool (a few ms of every start-up)
+
     pool = multiprocessing.Pool(processes, initializer=_worker_init)
     try:
-        yield from pool.imap_unordered(_run_pair, missing)
+        yield from pool.imap_unordered(simulate, missing)
         pool.close()
         pool.join()
     finally:
@@ -219,7 +186,7 @@ def _pool(missing: list[Pair], processes: int) -> Iterator[tuple[Pair, Counters]
         pool.join()
 
 
-def _ray(missing: list[Pair], executor: Executor) -> Iterator[tuple[Pair, Counters]]:
+def _ray(missing: list[Pair], executor: Executor, simulate: Simulate) -> Iterator[tuple[Pair, Counters]]:
     """Ray tasks, one per run, results back to this driver (which verifies and stores them): the existing
     cluster at `address`, else a local Ray runtime on loopback with `jobs` CPUs. Closing early (Ctrl-C, an
     error) shuts Ray down, which stops the tasks left (cancelling them one by one races their completion
@@ -242,7 +209,7 @@ def _ray(missing: list[Pair], executor: Executor) -> Iterator[tuple[Pair, Counte
             raise UserError(
                 f"cannot start or reach Ray at {executor.address or 'a local runtime'}: {exc}"
             ) from None
-    task = ray.remote(num_cpus=1, max_retries=2)(_run_pair)
+    task = ray.remote(num_cpus=1, max_retries=2)(simulate)
     pending = {task.remote(pair): pair for pair in missing}
     try:
         while pending:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
-
 import click
 
 
@@ -13,6 +11,8 @@ class UserError(click.ClickException):
 
 def unknown_choice(kind: str, value: str, allowed: list[str] | tuple[str, ...]) -> UserError:
     """An 'unknown X' error that lists the allowed values and suggests the closest ones."""
+    import difflib  # here, not at the top: every command imports this module, few ever need a suggestion
+
     close = difflib.get_close_matches(value, list(allowed), n=3, cutoff=0.5)
     hint = f" (did you mean {' or '.join(close)}?)" if close else ""
     return UserError(f"unknown {kind} {value!r}{hint}; known: {', '.join(allowed)}")

@@ -169,7 +169,8 @@ class Space:
 
 
 def _grid_hardware(path: Path, hw: dict) -> list:
-    from llm1bit.hardware import DATAFLOWS, Hardware
+    from llm1bit.dataflows import DATAFLOWS
+    from llm1bit.hardware import Hardware
 
     dims = {
         k: values(path, f"hardware.{k}", hw[k], int)
@@ -197,13 +198,13 @@ def _grid_hardware(path: Path, hw: dict) -> list:
 
 def load_space(path: str | Path) -> Space:
     """Parse and validate a space file; every problem is one line naming the key and what is allowed."""
+    from llm1bit.backends import BACKENDS
     from llm1bit.costs import Pricing
     from llm1bit.energy import load_energy_table
-    from llm1bit.engine import BACKENDS
     from llm1bit.hardware import load_hardware
     from llm1bit.models import resolve_models
+    from llm1bit.phases import PHASES
     from llm1bit.precision import Precision
-    from llm1bit.workload import PHASES
 
     path = Path(path)
     data = _load_toml(path)
@@ -475,7 +476,9 @@ def plot_pareto(path: Path, drawn: PlotPoints, references: list) -> None:
 
 
 def _tokens(split) -> int:
-    return split.batch if split.phase == "decode" else split.batch * split.seq_len
+    from llm1bit.phases import tokens_per_step
+
+    return tokens_per_step(split.phase, split.batch, split.seq_len)
 
 
 def reference_points(space: Space) -> list:

@@ -9,6 +9,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from llm1bit.dataflows import DATAFLOWS
 from llm1bit.errors import UserError, unknown_choice
 
 # cloud.cfg and edge.cfg, package data; the top-level hw_configs/ of the repository links here.
@@ -18,7 +19,6 @@ BUILTIN_HW = ("cloud", "edge")
 DEFAULT_FREQ_MHZ = 700.0
 DEFAULT_DRAM_GBPS = 34.0
 LLM1BIT_SECTION = "llm1bit"
-DATAFLOWS = ("os", "ws", "is")
 
 
 @dataclass(frozen=True)
@@ -111,7 +111,9 @@ def read_cfg(path: str | Path) -> Hardware:
             raise UserError(f"malformed hardware config {path}: missing section [{section}]")
     dataflow = cp.get("architecture_presets", "Dataflow", fallback="os").strip().lower()
     if dataflow not in DATAFLOWS:
-        raise UserError(f"malformed hardware config {path}: Dataflow {dataflow!r}; allowed: os, ws, is")
+        raise UserError(
+            f"malformed hardware config {path}: Dataflow {dataflow!r}; allowed: {', '.join(DATAFLOWS)}"
+        )
     mode = cp.get("run_presets", "InterfaceBandwidth", fallback="CALC").strip().upper()
     if mode not in ("CALC", "USER"):
         raise UserError(f"malformed hardware config {path}: InterfaceBandwidth {mode!r}; allowed: CALC, USER")

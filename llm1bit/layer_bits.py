@@ -29,7 +29,8 @@ from pathlib import Path
 from llm1bit.errors import UserError, warn
 from llm1bit.hf_config import spec_from_hf_config
 from llm1bit.models import FFN, ModelSpec
-from llm1bit.precision import bits_moved, check_bits, check_format, default_format
+from llm1bit.precision import bits_moved, check_bits, check_format
+from llm1bit.weight_formats import WEIGHT_FORMATS, default_format
 
 # workload projection name -> Hugging Face module path inside a decoder block, per family
 HF_NAMES = {
@@ -233,7 +234,7 @@ BITS_FILE_KEYS = (
     "kendall_tau", "kendall_tau_per_param", "kendall_tau_refined", "kendall_tau_refined_held_out",
     "sublayers", "fallback", "timings",
 )  # fmt: skip
-BITS_MODES = {"lat": "bcq-lat", "acc": "bcq-acc"}  # settings.mode -> the format of widths 1 to 8
+BITS_MODES = {"lat": "bcq-lat", "acc": "bcq-acc"}  # settings.mode -> the format of the widths it holds
 
 
 def read_bits_file(path: str | Path) -> tuple[dict[str, object], str | None]:
@@ -269,15 +270,17 @@ def read_bits_file(path: str | Path) -> tuple[dict[str, object], str | None]:
 def with_bits_config(model: ModelSpec, path: str | Path) -> ModelSpec:
     """Attach the widths of a `llm1bit bits` file (or any {"layers": {module: bits}}) to a config-given model.
 
-    The format follows the file's `settings.mode` (lat: bcq-lat, acc: bcq-acc), else each width's default."""
+    The format follows the file's `settings.mode` (lat: bcq-lat, acc: bcq-acc) for the widths that format holds
+    (whole widths 1 to 8), else each width's default."""
     layers, mode = read_bits_file(path)
     out = {}
     for name, bits in layers.items():
         if isinstance(bits, bool) or not isinstance(bits, (int, float)):
             raise UserError(f"bits config {path} gives {name} {bits!r} bits; allowed: a number > 0 and <= 32")
         bits = check_bits(f"bits config {path}: {name}", bits)
-        fmt = BITS_MODES.get(mode) if bits == int(bits) and bits <= 8 else None
-        out[name] = ProjBits(bits, check_format(fmt or default_format(bits), bits))
+        fmt = BITS_MODES.get(mode)
+        fmt = fmt if fmt is not None and bits in WEIGHT_FORMATS[fmt].widths else default_format(bits)
+        out[name] = ProjBits(bits, check_format(fmt, bits))
     raw = sorted({pb.bits for pb in out.values() if pb.fmt == "raw"})
     if raw:
         warn(

@@ -9,6 +9,7 @@ from llm1bit.costs import Cost, Pricing
 from llm1bit.counters import Counters
 from llm1bit.hardware import Hardware
 from llm1bit.models import ModelSpec
+from llm1bit.phases import tokens_per_step
 from llm1bit.workload import MATMUL, MATMUL_FREE, PARTS, Gemm
 
 
@@ -149,8 +150,7 @@ class Split:
     @property
     def tokens_per_s(self) -> float:
         """Decode: batch tokens per step; prefill: batch x l tokens per step."""
-        tokens = self.batch if self.phase == "decode" else self.batch * self.seq_len
-        return tokens / self.latency_s
+        return tokens_per_step(self.phase, self.batch, self.seq_len) / self.latency_s
 
     @property
     def frac_time(self) -> float:

@@ -8,6 +8,7 @@ import itertools
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
+from llm1bit.backends import get_backend
 from llm1bit.cache import ResultCache
 from llm1bit.costs import Pricing, price
 from llm1bit.engine import Executor, Progress, RunReport, evaluate
@@ -109,18 +110,20 @@ def _workloads(pts: Iterable[Point]) -> dict[Point, list]:
     return out
 
 
-def uncovered_points(pts: Iterable[Point], workloads: dict | None = None) -> list[Point]:
-    """Points with a GEMM the exact composition of the real SCALE-Sim does not cover (backends.scalesim).
+def uncovered_points(
+    pts: Iterable[Point], workloads: dict | None = None, backend: str = "scalesim"
+) -> list[Point]:
+    """Points with a GEMM that `backend` refuses to compute exactly (its `check`): for the real SCALE-Sim, the
+    GEMMs its exact composition does not cover (backends.scalesim).
 
     `workloads` (point -> its GEMMs) saves rebuilding them; each distinct (shape, hardware) is checked once."""
-    from llm1bit.backends.scalesim import check_exact
-
+    check = get_backend(backend).check
     covered: dict[tuple, bool] = {}
 
     def ok(shape, hw) -> bool:
         if (shape, hw) not in covered:
             try:
-                check_exact(*shape, hw)
+                check(shape, hw)
                 covered[(shape, hw)] = True
             except UserError:
                 covered[(shape, hw)] = False
@@ -149,13 +152,15 @@ def run_points(
 ) -> list[Split]:
     """Simulate every point; distinct GEMMs are simulated once across the whole sweep.
 
-    With the scalesim backend, a point that the exact composition does not cover is computed by
-    the analytic closed form (equal to SCALE-Sim there too) and its Split says `analytic`;
-    `strict` refuses such points instead (the first uncovered GEMM's one-line error)."""
+    A point with a GEMM the backend does not compute exactly (the scalesim backend: outside its exact
+    composition) is computed by the backend's `fallback` (the analytic closed form, equal to SCALE-Sim there
+    too) and its Split names it; `strict` refuses such points instead (the first uncovered GEMM's one-line
+    error)."""
     workloads = _workloads(pts)
+    fallback = get_backend(backend).fallback
     backend_of = dict.fromkeys(pts, backend)
-    if backend == "scalesim" and not strict:
-        backend_of.update(dict.fromkeys(uncovered_points(pts, workloads), "analytic"))
+    if fallback and not strict:
+        backend_of.update(dict.fromkeys(uncovered_points(pts, workloads, backend), fallback))
     counters = {}
     for name in dict.fromkeys(backend_of.values()):
         wanted = [(g.shape, p.hw) for p in pts if backend_of[p] == name for g in workloads[p]]

@@ -19,8 +19,8 @@ from dataclasses import dataclass
 
 from llm1bit.errors import UserError
 from llm1bit.models import FFN, ModelSpec, Proj
+from llm1bit.phases import PHASES, tokens_per_step
 
-PHASES = ("decode", "prefill")
 MATMUL = "matmul"  # attention heads: activation x activation
 MATMUL_FREE = "matmul_free"  # projections: activation x weight (the part 1-bit LLMs make multiplication-free)
 PARTS = (MATMUL_FREE, MATMUL)
@@ -151,7 +151,7 @@ def build_workload(model: ModelSpec, seq_len: int, phase: str = "decode", batch:
     layers = model.n_layers
     hkv, qk_dim, v_dim = attention_dims(model)
     group = model.n_heads // hkv
-    tokens = batch if phase == "decode" else batch * seq_len
+    tokens = tokens_per_step(phase, batch, seq_len)
     rows = group if phase == "decode" else group * seq_len  # query rows per K/V head and sequence
 
     gemms = []

@@ -12,6 +12,7 @@ import pytest
 from llm1bit.backends.analytic import analytic_counters
 from llm1bit.backends.scalesim_runner import run_whole
 from llm1bit.counters import COUNTER_NAMES
+from llm1bit.dataflows import DATAFLOWS
 from llm1bit.errors import UserError
 from llm1bit.hardware import Hardware, load_hardware
 
@@ -104,7 +105,6 @@ HARDWARE = {
     # drain half (512 words) == array width: one-line drains, no padding artefact
     "2x512": (lambda: Hardware("2x512", 2, 512, 2, 4, 1), WIDE_SHAPES),
 }
-DATAFLOWS = ("os", "ws", "is")
 
 
 def _diff_report(hw: Hardware, shapes, got, want) -> list[str]:

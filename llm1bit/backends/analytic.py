@@ -2,14 +2,18 @@
 
 SCALE-Sim takes a GEMM (M, N, K) as ifmap M x K times filter K x N into ofmap M x N. On an R x C
 array (R = ArrayHeight = rows, C = ArrayWidth = cols) each dataflow pins two GEMM dimensions to the
-array and streams the third (T) in time; ceil splits give the folds:
+array and streams the third (T) in time (the table in llm1bit.dataflows, which this module reads);
+ceil splits give the folds:
 
     dataflow   array rows   array cols   streamed T   folds F = Fr * Fc
     os         M            N            K            Fr = ceil(M/R), Fc = ceil(N/C)
     ws         K            N            M            Fr = ceil(K/R), Fc = ceil(N/C)
     is         K            M            N            Fr = ceil(K/R), Fc = ceil(M/C)
 
-Folds run one after another (loop `for fc: for fr:`), each padded to the full array.
+Folds run one after another (loop `for fc: for fr:`), each padded to the full array. An operand comes
+back once per fold of the dimension it lacks (`Dataflow.passes`): the os ifmap per column fold, the os
+filter per row fold, the ws ifmap and the is filter per column fold, the ws / is ofmap (a partial sum)
+per row fold; the rest pass once. The formulas below are that rule written out per dataflow.
 
 Cycles (COMPUTE_REPORT Total Cycles = number of demand-matrix rows - 1; CALC mode never stalls,
 see the write buffer below):
@@ -63,7 +67,11 @@ row wider than B; this function still answers there.) USER bandwidth mode is rej
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
+from llm1bit.backends.base import Pair, Runs, Shape
 from llm1bit.counters import Counters
+from llm1bit.dataflows import DATAFLOW_TABLE, ONCE, PER_COL_FOLD, dataflow
 from llm1bit.errors import UserError
 from llm1bit.hardware import Hardware
 
@@ -81,7 +89,8 @@ def _cycle_reads(distinct: int, cycles: int, block: int) -> int:
 
 
 def _repeat_reads(k: int, n: int, cols: int, visits: int, block: int) -> int:
-    """DRAM reads of the os filter: tile j = K x cols_j read `visits` times in a row, tiles in order."""
+    """DRAM reads of an operand that the row folds bring back (the os filter): tile j = K x cols_j (K the
+    streamed extent, cols_j the columns of column fold j over N) read `visits` times in a row, tiles in order."""
     total = k * n
     if visits == 1 or total < block:
         return total
@@ -98,6 +107,19 @@ def _repeat_reads(k: int, n: int, cols: int, visits: int, block: int) -> int:
         if end_block != n0 // block:
             n_ins += end_block * block - n0
     return n_ins
+
+
+def _dram_reads(
+    passes: int, size: int, block: int, t: int, cols_extent: int, c: int, fr: int, fc: int
+) -> int:
+    """DRAM reads of an operand of `size` words, by how the folds bring it back (Dataflow.passes): once, read
+    once; per column fold (the outer loop), the whole round again (cycle); per row fold (the inner loop), each
+    T x cols_j tile `fr` times in a row (repeat: the os filter)."""
+    if passes == ONCE:
+        return size
+    if passes == PER_COL_FOLD:
+        return _cycle_reads(size, fc, block)
+    return _repeat_reads(t, cols_extent, c, fr, block)
 
 
 def _ofmap_dram_writes(stored: int, hw: Hardware) -> int:
@@ -123,36 +145,21 @@ def analytic_counters(m: int, n: int, k: int, hw: Hardware) -> Counters:
     if m < 1 or n < 1 or k < 1:
         raise ValueError(f"GEMM dimensions must be >= 1, got M={m}, N={n}, K={k}")
     r, c = hw.rows, hw.cols
-    df = hw.dataflow
-    b_if = _block(hw.ifmap_sram_kb)
-    b_fi = _block(hw.filter_sram_kb)
+    flow = DATAFLOW_TABLE.get(hw.dataflow) or dataflow(hw.dataflow)  # the row, or its one-line error
+    shape = (m, n, k)
+    on_rows, on_cols, streamed = flow.axes
+    t, cols_extent = shape[streamed], shape[on_cols]
+    fr, fc = -(-shape[on_rows] // r), -(-cols_extent // c)
+    f = fr * fc
+    # ws / is load the stationary input for R cycles before each fold
+    cycles = f * (t + r + c - 2 + (r if flow.preloads else 0)) - 1
     mk, kn, mn = m * k, k * n, m * n
-    if df == "os":
-        fr, fc = -(-m // r), -(-n // c)
-        f = fr * fc
-        cycles = f * (k + r + c - 2) - 1
-        sram_if, sram_fi, stored = mk * fc, kn * fr, mn
-        sram_of = mn + f * (r + c)
-        dram_if = _cycle_reads(mk, fc, b_if)
-        dram_fi = _repeat_reads(k, n, c, fr, b_fi)
-    elif df == "ws":
-        fr, fc = -(-k // r), -(-n // c)
-        f = fr * fc
-        cycles = f * (2 * r + c + m - 2) - 1
-        sram_if, sram_fi, stored = mk * fc, kn, mn * fr
-        sram_of = stored
-        dram_if = _cycle_reads(mk, fc, b_if)
-        dram_fi = kn
-    elif df == "is":
-        fr, fc = -(-k // r), -(-m // c)
-        f = fr * fc
-        cycles = f * (2 * r + c + n - 2) - 1
-        sram_if, sram_fi, stored = mk, kn * fc, mn * fr
-        sram_of = stored
-        dram_if = mk
-        dram_fi = _cycle_reads(kn, fc, b_fi)
-    else:
-        raise UserError(f"unknown dataflow {df!r}; known: os, ws, is")
+    times = (1, fr, fc)  # indexed by Dataflow.passes: once, per row fold, per column fold
+    p_if, p_fi, p_of = flow.passes
+    sram_if, sram_fi, stored = mk * times[p_if], kn * times[p_fi], mn * times[p_of]
+    sram_of = stored if flow.preloads else stored + f * (r + c)  # os: the fold-tile counting artefact
+    dram_if = _dram_reads(p_if, mk, _block(hw.ifmap_sram_kb), t, cols_extent, c, fr, fc)
+    dram_fi = _dram_reads(p_fi, kn, _block(hw.filter_sram_kb), t, cols_extent, c, fr, fc)
     return Counters(
         cycles=cycles,
         sram_ifmap_reads=sram_if,
@@ -162,3 +169,24 @@ def analytic_counters(m: int, n: int, k: int, hw: Hardware) -> Counters:
         dram_filter_reads=dram_fi,
         dram_ofmap_writes=_ofmap_dram_writes(stored, hw),
     )
+
+
+class Analytic:
+    """SCALE-Sim's counters in closed form: in-process, microseconds a GEMM, exact everywhere, nothing to store."""
+
+    name = "analytic"
+    stored = False
+    fallback = None
+    install = ""
+
+    def available(self) -> bool:
+        return True
+
+    def check(self, shape: Shape, hw: Hardware) -> None:
+        return None
+
+    def counters(self, pairs: Sequence[Pair], runs: Runs | None = None) -> dict[Pair, Counters]:
+        return {(s, hw): analytic_counters(*s, hw) for s, hw in pairs}
+
+
+BACKEND = Analytic()

@@ -71,3 +71,12 @@ def run_whole(gemms: list[tuple[int, int, int]], hw: Hardware) -> list[Counters]
             )
             sim.run_scale(top_path=str(tmp_path / "out"))
         return parse_reports(tmp_path / "out" / "run")
+
+
+def run_pair(
+    pair: tuple[tuple[int, int, int], Hardware],
+) -> tuple[tuple[tuple[int, int, int], Hardware], Counters]:
+    """One (shape, hardware) run and the pair it answers: what the engine's executors call (a top-level function,
+    so a process pool or Ray can ship it by name)."""
+    shape, hw = pair
+    return pair, run_whole([shape], hw)[0]

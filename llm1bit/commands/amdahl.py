@@ -11,12 +11,15 @@ import click
 from llm1bit.commands.options import (
     CostArgs,
     OneValueCommand,
+    backend_option,
     cache_option,
     cost_options,
+    dataflow_option,
     layer_bits_options,
     make_cache,
     nonempty,
     parse_name_list,
+    phase_option,
     positive_int,
     positive_ints,
     resolve_with_bits,
@@ -57,9 +60,9 @@ from llm1bit.commands.options import (
 @click.option(
     "--s-range", default=None, callback=nonempty, help="START:END[:N] log-spaced speedups, e.g. 1:100."
 )
-@click.option("--dataflow", type=click.Choice(["os", "ws", "is"]), default=None)
-@click.option("--backend", type=click.Choice(["scalesim", "analytic"]), default="scalesim", show_default=True)
-@click.option("--phase", type=click.Choice(["decode", "prefill"]), default="decode", show_default=True)
+@dataflow_option()
+@backend_option("scalesim")
+@phase_option
 @click.option("--batch", default="1", callback=positive_ints, show_default=True, help="Comma-separated.")
 @click.option("--jobs", default=None, callback=positive_int)
 @cost_options()

@@ -10,6 +10,7 @@ import click
 from llm1bit.commands.options import (
     CostArgs,
     OneValueCommand,
+    backend_option,
     cache_option,
     cost_options,
     make_cache,
@@ -17,6 +18,7 @@ from llm1bit.commands.options import (
     one_float,
     parse_float_list,
     parse_name_list,
+    phase_option,
     positive_int,
     simulator_progress,
 )
@@ -54,11 +56,8 @@ def _check_costs(settings) -> None:
     callback=nonempty,
     help="Comma-separated figures, e.g. fig04,fig05 [default: all].",
 )
-@click.option(
-    "--backend",
-    type=click.Choice(["analytic", "scalesim"]),
-    default="analytic",
-    show_default=True,
+@backend_option(
+    "analytic",
     help="analytic: SCALE-Sim's closed form (seconds); scalesim: the real simulator, composed exactly, cached.",
 )
 @click.option(
@@ -68,7 +67,7 @@ def _check_costs(settings) -> None:
     show_default=True,
     help="Folder to write into (created if missing).",
 )
-@click.option("--phase", type=click.Choice(["decode", "prefill"]), default="decode", show_default=True)
+@phase_option
 @click.option("--batch", default="1", callback=positive_int, show_default=True, help="Sequences per step.")
 @click.option(
     "--jobs", default=None, callback=positive_int, help="Simulator worker processes [default: CPU count]."

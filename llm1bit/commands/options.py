@@ -116,6 +116,33 @@ def make_cache(cache_dir: Path | None, no_cache: bool = False):
     return ResultCache(cache_dir or default_cache_dir())
 
 
+# The option builders below read their choices from the registries, imported when a command uses the option
+# (`llm1bit quantize`, `bits`, `models`, ... never do).
+
+
+def backend_option(default: str, help: str | None = None) -> Callable[[Callable], Callable]:
+    """--backend, its choices the backend registry's (the default first, as --help and errors list them)."""
+    from llm1bit.backends import BACKENDS
+
+    choices = [default, *(name for name in BACKENDS if name != default)]
+    return click.option(
+        "--backend", type=click.Choice(choices), default=default, show_default=True, help=help
+    )
+
+
+def phase_option(f: Callable) -> Callable:
+    from llm1bit.phases import PHASES
+
+    return click.option("--phase", type=click.Choice(PHASES), default=PHASES[0], show_default=True)(f)
+
+
+def dataflow_option(help: str | None = None) -> Callable[[Callable], Callable]:
+    """--dataflow, one of the dataflow table's names (default: the .cfg's own)."""
+    from llm1bit.dataflows import DATAFLOWS
+
+    return click.option("--dataflow", type=click.Choice(DATAFLOWS), default=None, help=help)
+
+
 def strict_option(f: Callable) -> Callable:
     return click.option(
         "--strict",
@@ -266,6 +293,8 @@ def cost_options(
     --weight-bits takes a comma-separated list (one result per width); so do --act-bits and --kv-bits unless
     `act_kv_lists` is False (the command then refuses a list of them). A --weight-bits left at its default
     reaches the command as None."""
+    from llm1bit.weight_formats import BCQ_COMPUTE, WEIGHT_FORMATS, defaults_text
+
     wb_help = (
         weight_bits_help
         or "Projection weight bits (16, 8, 4, 3, 2, 1.58, 1; fractional allowed), comma-separated."
@@ -283,8 +312,7 @@ def cost_options(
             "--weight-format",
             default=None,
             callback=nonempty,
-            help="fp, int, bcq-lat, bcq-acc, ternary, binary, raw [default: by width: 16 fp, 8/4 int, "
-            "3/2 bcq-lat, 1.58 ternary, 1 binary].",
+            help=f"{', '.join(WEIGHT_FORMATS)} [default: {defaults_text()}].",
         ),
         click.option("--freq-mhz", type=float, default=None, help="Clock [default: the .cfg's [llm1bit]]."),
         click.option(
@@ -298,7 +326,7 @@ def cost_options(
         ),
         click.option(
             "--bcq-compute",
-            type=click.Choice(["lut", "add"]),
+            type=click.Choice(BCQ_COMPUTE),
             default="lut",
             show_default=True,
             help="BCQ weights: 8-bit LUT queries (ShiftAddLLM) or additions.",

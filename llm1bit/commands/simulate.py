@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import click
@@ -10,12 +9,15 @@ import click
 from llm1bit.commands.options import (
     CostArgs,
     OneValueCommand,
+    backend_option,
     cache_option,
     cost_options,
+    dataflow_option,
     layer_bits_options,
     make_cache,
     nonempty,
     parse_name_list,
+    phase_option,
     positive_int,
     positive_ints,
     resolve_with_bits,
@@ -47,17 +49,11 @@ from llm1bit.commands.options import (
     show_default=True,
     help="Context length(s) l, comma-separated.",
 )
-@click.option(
-    "--dataflow", type=click.Choice(["os", "ws", "is"]), default=None, help="Override the .cfg's dataflow."
+@dataflow_option(help="Override the .cfg's dataflow.")
+@backend_option(
+    "scalesim", help="scalesim: the real simulator (composed exactly, cached); analytic: its closed form."
 )
-@click.option(
-    "--backend",
-    type=click.Choice(["scalesim", "analytic"]),
-    default="scalesim",
-    show_default=True,
-    help="scalesim: the real simulator (composed exactly, cached); analytic: its closed form.",
-)
-@click.option("--phase", type=click.Choice(["decode", "prefill"]), default="decode", show_default=True)
+@phase_option
 @click.option(
     "--batch",
     default="1",
@@ -130,10 +126,12 @@ def simulate(
         if split.backend != backend:
             warn(
                 f"{split.model.name} on {split.hw.name} ({split.hw.dataflow}) is outside the exact composition "
-                "of the real SCALE-Sim; computed by its closed form (backend analytic, equal there). --strict "
-                "refuses"
+                f"of the real SCALE-Sim; computed by its closed form (backend {split.backend}, equal there). "
+                "--strict refuses"
             )
     if as_json:
+        import json
+
         objs = [split.to_dict() for split in splits]
         click.echo(json.dumps(objs[0] if len(objs) == 1 else objs, indent=2))
         return

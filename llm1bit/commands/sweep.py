@@ -9,6 +9,7 @@ import click
 from llm1bit.commands.options import (
     CostArgs,
     OneValueCommand,
+    backend_option,
     cache_option,
     cost_options,
     layer_bits_options,
@@ -16,6 +17,7 @@ from llm1bit.commands.options import (
     nonempty,
     parse_int_list,
     parse_name_list,
+    phase_option,
     positive_int,
     positive_ints,
     resolve_with_bits,
@@ -23,6 +25,7 @@ from llm1bit.commands.options import (
     strict_option,
     warn_beyond_context,
 )
+from llm1bit.dataflows import DATAFLOWS
 
 SEQ_LENS = "128,256,512,1024,2048,4096"
 
@@ -47,10 +50,10 @@ SEQ_LENS = "128,256,512,1024,2048,4096"
     "--dataflows",
     default=None,
     callback=nonempty,
-    help="Comma-separated os,ws,is [default: each .cfg's own].",
+    help=f"Comma-separated {','.join(DATAFLOWS)} [default: each .cfg's own].",
 )
-@click.option("--backend", type=click.Choice(["scalesim", "analytic"]), default="scalesim", show_default=True)
-@click.option("--phase", type=click.Choice(["decode", "prefill"]), default="decode", show_default=True)
+@backend_option("scalesim")
+@phase_option
 @click.option(
     "--batch",
     default="1",
@@ -97,9 +100,10 @@ def sweep(
       llm1bit sweep --models paper --hw cloud,edge --dataflows os,ws,is --backend analytic -o all.csv
     """
     from llm1bit.atomic import atomic_write_text, check_output
+    from llm1bit.backends import get_backend
     from llm1bit.engine import RunReport
     from llm1bit.errors import UserError, unknown_choice
-    from llm1bit.hardware import DATAFLOWS, load_hardware_list
+    from llm1bit.hardware import load_hardware_list
     from llm1bit.sweep import points, run_points, to_csv, uncovered_points
 
     models = resolve_with_bits(model_names, bits_config, quantized, cost=cost, mla=mla, default="opt")
@@ -112,14 +116,16 @@ def sweep(
     if dataflows:
         flows = parse_name_list(dataflows)
         if not flows:
-            raise UserError(f"--dataflows {dataflows!r}: give os, ws and / or is")
+            raise UserError(
+                f"--dataflows {dataflows!r}: give {', '.join(DATAFLOWS[:-1])} and / or {DATAFLOWS[-1]}"
+            )
         for df in flows:
             if df not in DATAFLOWS:
                 raise unknown_choice("dataflow", df, DATAFLOWS)
     check_output(output)
     pts = points(models, hardware, lengths, flows, phase, batch, pricings)
     warn_beyond_context(pts)
-    if strict and backend == "scalesim":
+    if strict and get_backend(backend).fallback:
         uncovered = uncovered_points(pts)
         if uncovered:
             listing = output.with_name(output.name + ".uncovered.csv") if str(output) != "-" else None

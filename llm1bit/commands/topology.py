@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from llm1bit.commands.options import OneValueCommand, positive_int
+from llm1bit.commands.options import OneValueCommand, phase_option, positive_int
 
 
 @click.command(cls=OneValueCommand)
@@ -14,7 +14,7 @@ from llm1bit.commands.options import OneValueCommand, positive_int
     "--model", "model_name", required=True, help="Built-in name (see `llm1bit models`) or config.json path."
 )
 @click.option("--seq-len", default="2048", callback=positive_int, show_default=True, help="Context length l.")
-@click.option("--phase", type=click.Choice(["decode", "prefill"]), default="decode", show_default=True)
+@phase_option
 @click.option("--batch", default="1", callback=positive_int, show_default=True, help="Sequences per step.")
 @click.option(
     "-o", "--output", type=click.Path(dir_okay=False, path_type=Path), help="Write here instead of stdout."

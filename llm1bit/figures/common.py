@@ -20,6 +20,7 @@ from pathlib import Path
 
 from llm1bit import __version__
 from llm1bit.amdahl import parse_s_partial
+from llm1bit.backends import get_backend
 from llm1bit.cache import ResultCache
 from llm1bit.costs import Pricing
 from llm1bit.energy import load_energy_table
@@ -174,11 +175,14 @@ def simulate(
 
 
 def backend_note(settings: Settings, splits: Sequence[Split]) -> str:
-    """'analytic', or 'scalesim' plus how many points came from the analytic fallback."""
+    """'analytic', or 'scalesim' plus how many points came from its fallback (the analytic closed form)."""
     fallback = [s for s in splits if s.backend != settings.backend]
     if not fallback:
         return settings.backend
-    return f"{settings.backend} ({len(fallback)} of {len(splits)} points analytic: outside the exact composition)"
+    name = get_backend(settings.backend).fallback
+    return (
+        f"{settings.backend} ({len(fallback)} of {len(splits)} points {name}: outside the exact composition)"
+    )
 
 
 # --- colours ---------------------------------------------------------------------------------------
