@@ -27,6 +27,7 @@ $(STAMP): pyproject.toml $(LOCK)
 
 test: install
 	$(BIN)/pip check
+	$(BIN)/lint-imports
 	$(BIN)/pytest -q
 
 # The suite in a fresh environment holding the newest releases pyproject's ranges allow (no lock).
@@ -37,6 +38,7 @@ test-latest:
 	$(LATEST)/bin/pip install --quiet --upgrade -e '.[$(ALL_EXTRAS)]'
 	$(LATEST)/bin/pip check
 	$(LATEST)/bin/pip freeze --exclude-editable > $(LATEST)/versions.txt
+	$(LATEST)/bin/lint-imports
 	$(LATEST)/bin/pytest -q
 
 # Regenerate the lock from pyproject.toml: the newest versions its ranges allow, resolved by pip's resolver.
@@ -69,6 +71,7 @@ demo: install
 lint: install
 	$(BIN)/ruff check llm1bit tests scripts
 	$(BIN)/ruff format --check llm1bit tests scripts
+	$(BIN)/lint-imports
 
 # SCALE-Sim topology CSVs of the built-in models (decode step, l = 2048).
 topologies: install

@@ -32,7 +32,7 @@ from llm1bit.costs import Pricing, joules, operand_costs, seconds, word_bytes
 from llm1bit.counters import Counters
 from llm1bit.engine import Executor, Progress, RunReport, evaluate
 from llm1bit.hardware import DEFAULT_DRAM_GBPS, DEFAULT_FREQ_MHZ, Hardware
-from llm1bit.models import ModelSpec
+from llm1bit.model_spec import ModelSpec
 from llm1bit.phases import tokens_per_step
 from llm1bit.split import point_label
 from llm1bit.sweep import CSV_COLUMNS

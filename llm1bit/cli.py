@@ -9,8 +9,8 @@ import importlib
 
 import click
 
-from llm1bit import __version__
 from llm1bit.errors import Interrupted
+from llm1bit.version import __version__
 
 # name -> "module:attribute"; the order is the order of `llm1bit --help`.
 COMMANDS: dict[str, str] = {

@@ -297,14 +297,10 @@ class Exploration:
     table: BulkTable
     references: list  # Splits of the paper's cloud and edge designs (the plot's stars), if plotting
 
-    def write(self, output: Path, plot: Path | None = None) -> int:
-        """Write the table (one row per point, in the space's order) as rows are priced, then the plot;
-        returns the number of rows. `--plot` keeps two floats per point."""
-        drawn = PlotPoints() if plot else None
-        rows = write_table(output, self.table, drawn.add if drawn else None)
-        if plot is not None:
-            plot_pareto(plot, drawn, self.references)
-        return rows
+    def write(self, output: Path, drawn: PlotPoints | None = None) -> int:
+        """Write the table (one row per point, in the space's order) as rows are priced, keeping each
+        point's two plotted floats in `drawn` (for `llm1bit.figures.pareto`); returns the number of rows."""
+        return write_table(output, self.table, drawn.add if drawn else None)
 
 
 def simulate_space(
@@ -448,34 +444,8 @@ class PlotPoints:
         return {name: (np.concatenate(xs), np.concatenate(ys)) for name, (xs, ys) in out.items()}
 
 
-def plot_pareto(path: Path, drawn: PlotPoints, references: list) -> None:
-    """Decode time vs energy per token of every point, the Pareto front, the paper's cloud and edge marked."""
-    from llm1bit.figures.common import model_color, new_figure, save_figure
-
-    fig = new_figure(8.5, 6)
-    ax = fig.subplots()
-    for name, (x, y) in drawn.groups().items():
-        ax.scatter(x, y, s=10, alpha=0.5, color=model_color(name), label=name)
-    x, y = np.concatenate(drawn.x), np.concatenate(drawn.y)
-    front = pareto_front(np.column_stack((x, y)))
-    ax.plot(x[front], y[front], color="black", lw=1.2, label="Pareto front")
-    for ref in references:
-        ax.scatter([1 / ref.tokens_per_s], [ref.energy_j / _tokens(ref)], marker="*", s=180, color=model_color(ref.model.name),
-                   edgecolors="black", zorder=4)  # fmt: skip
-        ax.annotate(f"paper {ref.hw.name}", (1 / ref.tokens_per_s, ref.energy_j / _tokens(ref)), xytext=(6, 4),
-                    textcoords="offset points", fontsize=8)  # fmt: skip
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("time per token (s)")
-    ax.set_ylabel("energy per token (J)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    title = f"Design space: {len(x)} points, Pareto front of time vs energy per token"
-    ax.set_title(title, fontsize=10)
-    save_figure(fig, path, title, "")
-
-
-def _tokens(split) -> int:
+def tokens_of(split) -> int:
+    """Tokens one simulated step produces (decode: batch; prefill: batch x seq_len)."""
     from llm1bit.phases import tokens_per_step
 
     return tokens_per_step(split.phase, split.batch, split.seq_len)

@@ -10,7 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from llm1bit.errors import UserError, warn
-from llm1bit.models import EXPERT, FFN, MLA, ROUTER, SHARED_EXPERT, ModelSpec, MoE, Proj
+from llm1bit.format.folder import unwrap_quantized
+from llm1bit.model_spec import EXPERT, FFN, MLA, ROUTER, SHARED_EXPERT, ModelSpec, MoE, Proj
 
 SUPPORTED_MODEL_TYPES = (
     "opt",
@@ -181,21 +182,6 @@ def _windows(cfg: dict, path: Path, model_type: str, n_layers: int) -> tuple[int
             f"{path}: transformers' {model_type} model ignores sliding_window / layer_types; full attention used"
         )
     return ()
-
-
-# An `llm1bit quantize` folder's config.json says model_type "llm1bit" (so that transformers refuses it
-# unless llm1bit is imported) and keeps the original model_type here, every other field as the original.
-QUANTIZED_MODEL_TYPE = "llm1bit"
-BASE_MODEL_TYPE_KEY = "llm1bit_base_model_type"
-
-
-def unwrap_quantized(cfg: dict) -> dict:
-    """The original model's config dict of a quantized folder's config (unchanged for any other config)."""
-    if cfg.get("model_type") != QUANTIZED_MODEL_TYPE or BASE_MODEL_TYPE_KEY not in cfg:
-        return cfg
-    cfg = dict(cfg)
-    cfg["model_type"] = cfg.pop(BASE_MODEL_TYPE_KEY)
-    return cfg
 
 
 def _text_config(cfg: dict, path: Path) -> tuple[dict, str]:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from llm1bit import __version__
 from llm1bit.costs import Cost, Pricing
 from llm1bit.counters import Counters
 from llm1bit.hardware import Hardware
-from llm1bit.models import ModelSpec
+from llm1bit.model_spec import ModelSpec
 from llm1bit.phases import tokens_per_step
+from llm1bit.version import __version__
 from llm1bit.workload import MATMUL, MATMUL_FREE, PARTS, Gemm
 
 

@@ -14,7 +14,7 @@ from llm1bit.costs import Pricing, price
 from llm1bit.engine import Executor, Progress, RunReport, evaluate
 from llm1bit.errors import UserError
 from llm1bit.hardware import Hardware
-from llm1bit.models import ModelSpec
+from llm1bit.model_spec import ModelSpec
 from llm1bit.split import LayerResult, Split
 from llm1bit.workload import build_workload
 

@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 
 from llm1bit.errors import UserError
-from llm1bit.models import FFN, ModelSpec, Proj
+from llm1bit.model_spec import FFN, ModelSpec, Proj
 from llm1bit.phases import PHASES, tokens_per_step
 
 MATMUL = "matmul"  # attention heads: activation x activation

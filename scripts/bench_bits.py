@@ -67,7 +67,7 @@ def synthetic_problem(n_layers: int, seed: int = 0):
     """LLaMA-like layer sizes and power-law predicted errors, 2 and 3 bits."""
     import numpy as np
 
-    from llm1bit.quant.allocation import LayerCost
+    from llm1bit.quant.bits.allocation import LayerCost
 
     rng = np.random.default_rng(seed)
     shapes = [
@@ -91,7 +91,7 @@ def synthetic_problem(n_layers: int, seed: int = 0):
 
 
 def ilp_timings(budget: float) -> list[dict]:
-    from llm1bit.quant.allocation import solve_ilp
+    from llm1bit.quant.bits.allocation import solve_ilp
 
     rows = []
     for n_layers in (100, 210):
@@ -120,8 +120,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from bench_quantize import fetch_gguf
 
-    from llm1bit.commands.bits import analyse, model_tag, result_json
-    from llm1bit.quant.allocation import (
+    from llm1bit.quant.bits.allocation import (
         average_bits,
         objective,
         parse_candidates,
@@ -129,11 +128,12 @@ def main(argv: list[str] | None = None) -> int:
         rank_allocation,
         solve_ilp,
     )
+    from llm1bit.quant.bits.analysis import analyse, model_tag, result_json
     from llm1bit.quant.calib import calibration_windows, tokenize_file
-    from llm1bit.quant.config import QuantSpec
-    from llm1bit.quant.models import load_model
-    from llm1bit.quant.perplexity import perplexity
-    from llm1bit.quant.pipeline import quantize_model
+    from llm1bit.quant.eval.perplexity import perplexity
+    from llm1bit.quant.hf.loading import load_model
+    from llm1bit.quant.numerics.methods import QuantSpec
+    from llm1bit.quant.quantize import quantize_model
 
     args = parse_args(argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         data = result_json(res, budget, settings)
         Path(f"{args.out}-{name}.json").write_text(json.dumps(data, indent=2) + "\n")
     if args.figures:
-        from llm1bit.quant.sal_figures import draw_figures
+        from llm1bit.figures.shiftaddllm import draw_figures
 
         args.figures.mkdir(parents=True, exist_ok=True)
         for path in draw_figures(

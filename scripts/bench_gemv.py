@@ -1,4 +1,4 @@
-"""Time the LUT kernel (llm1bit.quant.kernel) against torch F.linear and today's dense-rebuild QuantLinear.
+"""Time the LUT kernel (llm1bit.quant.hf.kernel) against torch F.linear and today's dense-rebuild QuantLinear.
 
     flock /tmp/llm1bit-bench.lock .venv/bin/python scripts/bench_gemv.py                      # 4096 -> 11008, 3 bits lat g128
     flock /tmp/llm1bit-bench.lock .venv/bin/python scripts/bench_gemv.py --bits 2 --json out.json
@@ -43,8 +43,8 @@ def packed_layer(n: int, k: int, q: int, mode: str, groupsize: int, seed: int):
     """(tensors, meta) as `packing.pack` stores them, with random codes and scales."""
     import torch
 
-    from llm1bit.quant.incoherence import rotation_key, rotations
-    from llm1bit.quant.packing import encode_terms
+    from llm1bit.quant.hf.packing import encode_terms
+    from llm1bit.quant.numerics.incoherence import rotation_key, rotations
 
     gen = torch.Generator().manual_seed(seed)
     if mode == "lat":
@@ -103,8 +103,8 @@ def main() -> None:
     import torch
     import torch.nn.functional as F
 
-    from llm1bit.quant.kernel import build, lut_linear, prepare
-    from llm1bit.quant.linear import QuantLinear
+    from llm1bit.quant.hf.kernel import build, lut_linear, prepare
+    from llm1bit.quant.hf.linear import QuantLinear
 
     torch.set_num_threads(args.threads)
     lib = build.load()

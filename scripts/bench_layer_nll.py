@@ -60,10 +60,10 @@ def main(argv: list[str] | None = None) -> int:
     from bench_quantize import fetch_gguf
     from scipy.stats import kendalltau, spearmanr
 
+    from llm1bit.quant.bits.sensitivity import criterion, output_error, quantize_layer, walk_fp_blocks
     from llm1bit.quant.calib import calibration_windows
-    from llm1bit.quant.config import QuantSpec
-    from llm1bit.quant.models import load_model
-    from llm1bit.quant.sensitivity import criterion, output_error, quantize_layer, walk_fp_blocks
+    from llm1bit.quant.hf.loading import load_model
+    from llm1bit.quant.numerics.methods import QuantSpec
 
     args = parse_args(argv)
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -21,8 +21,8 @@ def rss():
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * __import__("os").sysconf("SC_PAGE_SIZE") / 2**20
 import torch, transformers, llm1bit
-from llm1bit.quant.models import load_model
-from llm1bit.quant.checkpoint import load_quantized, quant_linears
+from llm1bit.quant.hf.loading import load_model
+from llm1bit.quant.hf.checkpoint import load_quantized, quant_linears
 mode, path, tokens = sys.argv[1], sys.argv[2], int(sys.argv[3])
 torch.set_num_threads(2)
 base = rss()

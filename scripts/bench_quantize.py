@@ -99,11 +99,12 @@ def main(argv: list[str] | None = None) -> None:
     import torch
 
     from llm1bit.quant.calib import calibration_windows, tokenize_file
-    from llm1bit.quant.config import QuantSpec
-    from llm1bit.quant.linear import set_weight_cache
-    from llm1bit.quant.models import load_model
-    from llm1bit.quant.perplexity import perplexity, window_count
-    from llm1bit.quant.pipeline import check_device, quantize_model
+    from llm1bit.quant.device import check_device
+    from llm1bit.quant.eval.perplexity import perplexity, window_count
+    from llm1bit.quant.hf.linear import set_weight_cache
+    from llm1bit.quant.hf.loading import load_model
+    from llm1bit.quant.numerics.methods import QuantSpec
+    from llm1bit.quant.quantize import quantize_model
 
     args = parse_args(argv)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]

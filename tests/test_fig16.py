@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from llm1bit.cli import main
 from llm1bit.figures.common import Settings
-from llm1bit.layer_bits import load_quantized_model
+from llm1bit.layer_widths import load_quantized_model
 from llm1bit.sweep import Point, run_points
 
 pytest.importorskip("torch")

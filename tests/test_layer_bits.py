@@ -10,8 +10,9 @@ from click.testing import CliRunner
 from llm1bit.amdahl import overall_speedup
 from llm1bit.cli import main
 from llm1bit.errors import UserError
+from llm1bit.format.safetensors import safetensors_sizes
 from llm1bit.hardware import load_hardware
-from llm1bit.layer_bits import load_quantized_model, module_names, safetensors_sizes, with_bits_config
+from llm1bit.layer_widths import load_quantized_model, module_names, with_bits_config
 from llm1bit.models import load_hf_config
 from llm1bit.sweep import Point, run_points
 from llm1bit.workload import MATMUL_FREE, build_workload

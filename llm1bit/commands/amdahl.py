@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 
+from llm1bit.amdahl import METRIC_FRACTION
 from llm1bit.commands.options import (
     CostArgs,
     OneValueCommand,
@@ -46,7 +47,7 @@ from llm1bit.commands.options import (
 @click.option("--seq-len", default="2048", callback=positive_ints, show_default=True, help="Comma-separated.")
 @click.option(
     "--metric",
-    type=click.Choice(["cycles", "memory", "time", "energy"]),
+    type=click.Choice(list(METRIC_FRACTION)),
     default=None,
     help="The curve's F: share of compute cycles, SRAM accesses, time or energy of the 16-bit point "
     "[default: cycles; time when a precision flag is given].",

@@ -2,18 +2,15 @@
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import click
 
 from llm1bit.errors import UserError
+from llm1bit.quant.numerics.methods import MODES, choices_text
 
 FIGURE_NAMES = ("sal_fig4", "sal_fig5", "sal_fig7")
-COSTS = ("output", "weight")  # what the ILP minimises per layer (see `analyse`)
 
 EPILOG = """\b
 Examples:
@@ -24,185 +21,6 @@ Examples:
   llm1bit bits --model SmolLM2-135M-Instruct.Q4_1.gguf --calib ../shared/data/wikitext-2/valid.tokenized.txt \\
       --nsamples 16 --seqlen 512 --budget 2.2 --record-errors --figures figures -o smol-2.2.json
 """
-
-
-@dataclass
-class BitsResult:
-    """Everything one `bits` run computed (the CLI writes it; the benchmark reuses it)."""
-
-    layers: list  # LayerSensitivity, in module order
-    fits: dict = field(default_factory=dict)  # bits -> ErrorFit
-    costs: list = field(default_factory=list)  # LayerCost
-    allocation: Any = None  # Allocation or None
-    taus: dict | None = None  # bits -> {tau, pvalue, layers}
-    taus_per_param: dict | None = None
-    taus_refined: dict | None = None  # tau of the fitted (refined) prediction vs the measured error
-    taus_held_out: dict | None = None  # the same with each block predicted by a fit to the other blocks
-    gains: list | None = None  # per layer: reparameterization error -> relative output error (cost output)
-    timings: dict = field(default_factory=dict)
-
-
-def analyse(
-    model,
-    windows,
-    spec,
-    candidates: tuple[int, ...],
-    budget: float | None,
-    solver: str,
-    fit_degree: int,
-    fit_layers: int | None,
-    pins: dict[str, int] | None,
-    record_errors: bool,
-    device: str = "cpu",
-    progress=None,
-    fit_size: bool = True,
-    cost: str = "output",
-    output_windows: int | None = 16,
-) -> BitsResult:
-    """Criterion + measured errors (FP model), per-width fits, allocation, Kendall tau.
-
-    cost "output": the ILP minimises the predicted reparameterization errors times each layer's measured
-    gain to the relative decoder-output error (`output_gains`); "weight": the predicted errors alone.
-
-    Mixture-of-experts layers: every expert slice is its own layer (criterion and errors from its routed
-    tokens); slices on the pipeline's identity-Hessian fallback (too few routed tokens) are measured as the
-    pipeline quantizes them but left out of the fits and Kendall taus, and are predicted like unmeasured
-    layers from their (routed-Hessian) criterion."""
-    from llm1bit.quant.allocation import (
-        allocate,
-        check_pins,
-        fit_errors,
-        held_out_predictions,
-        predicted_costs,
-    )
-    from llm1bit.quant.models import find_decoder_stack
-    from llm1bit.quant.sensitivity import kendall_taus, measure_layers, measured_positions, output_gains
-
-    if cost not in COSTS:
-        from llm1bit.errors import unknown_choice
-
-        raise unknown_choice("cost", cost, COSTS)
-
-    names = find_decoder_stack(model).module_names()
-    pins = check_pins(pins or {}, names, candidates)
-    wanted = measured_positions(len(names), None if record_errors else fit_layers)
-    layers, timings = measure_layers(
-        model,
-        windows,
-        spec,
-        candidates,
-        lambda pos, info: pos in wanted,
-        device=device,
-        progress=progress,
-        output=cost == "output",
-        output_windows=output_windows,
-    )
-    result = BitsResult(layers=layers, timings=timings)
-    fitted = [layer for layer in layers if not layer.fallback]  # fallback slices: not the Hessian quantizer
-    measured = [layer for layer in fitted if layer.errors]
-    for b in candidates:
-        result.fits[b] = fit_errors(
-            [layer.criterion for layer in measured],
-            [layer.errors[b] for layer in measured],
-            b,
-            fit_degree,
-            [layer.params for layer in measured] if fit_size else None,
-        )
-    if cost == "output":
-        result.gains = output_gains(layers)
-    result.costs = predicted_costs(
-        [layer.name for layer in layers],
-        [layer.params for layer in layers],
-        [layer.criterion for layer in layers],
-        result.fits,
-        pins,
-        result.gains,
-    )
-    if budget is not None:
-        result.allocation = allocate(result.costs, budget, candidates, solver)
-    if record_errors:
-        result.taus = kendall_taus(fitted)
-        result.taus_per_param = kendall_taus(fitted, per_param=True)
-        predicted = {
-            layer.name: {
-                b: float(fit.predict(layer.criterion, layer.params)) for b, fit in result.fits.items()
-            }
-            for layer in layers
-        }
-        result.taus_refined = kendall_taus(fitted, predicted=predicted)
-        held_out: dict[str, dict[int, float]] = {layer.name: {} for layer in measured}
-        for b in candidates:
-            values = held_out_predictions(
-                [layer.criterion for layer in measured],
-                [layer.errors[b] for layer in measured],
-                [layer.block for layer in measured],
-                b,
-                fit_degree,
-                [layer.params for layer in measured] if fit_size else None,
-            )
-            if values is None:
-                held_out = {}
-                break
-            for layer, value in zip(measured, values, strict=True):
-                held_out[layer.name][b] = float(value)
-        if held_out:
-            result.taus_held_out = kendall_taus(measured, predicted=held_out)
-    return result
-
-
-def result_json(result: BitsResult, budget: float | None, settings: dict) -> dict:
-    """The output file: the bits config `quantize --bits-config` reads, plus how it was obtained."""
-    alloc = result.allocation
-    out: dict[str, Any] = {}
-    if alloc is not None:
-        out.update(
-            layers=alloc.bits,
-            average_bits=alloc.average_bits,
-            budget=budget,
-            objective=alloc.objective,
-            solver=alloc.solver,
-            solve_seconds=alloc.solve_seconds,
-        )
-    out["settings"] = settings
-    out["error"] = (
-        "measured_errors: reparameterization error, QuantizedWeight.error of quantize_weight (1/2 tr(E H E^T), "
-        "E = W - Q in the original basis) with Hessians of the unquantized model; predicted_errors: the "
-        "per-width fit of it on the criterion; output_errors: relative decoder-layer output error "
-        "sum_t ||y_t' - y_t||^2 / ||y_t||^2 per window; gain: geometric mean of output_errors / "
-        "measured_errors; costs = predicted_errors x gain; objective = sum of the allocation's costs"
-    )
-    out["fits"] = {str(b): fit.to_dict() for b, fit in result.fits.items()}
-    if result.taus is not None:
-        out["kendall_tau"] = {str(b): t for b, t in result.taus.items()}
-        out["kendall_tau_per_param"] = {str(b): t for b, t in result.taus_per_param.items()}
-        out["kendall_tau_refined"] = {str(b): t for b, t in result.taus_refined.items()}
-        if result.taus_held_out is not None:
-            out["kendall_tau_refined_held_out"] = {str(b): t for b, t in result.taus_held_out.items()}
-    costs = {c.name: c for c in result.costs}
-    out["sublayers"] = [
-        {
-            **layer.to_dict(),
-            "predicted_errors": {
-                str(b): e / costs[layer.name].gain for b, e in costs[layer.name].costs.items()
-            },
-            "gain": costs[layer.name].gain,
-            "costs": {str(b): e for b, e in costs[layer.name].costs.items()},
-            **({"bits": alloc.bits[layer.name]} if alloc is not None else {}),
-        }
-        for layer in result.layers
-    ]
-    experts = [layer for layer in result.layers if layer.tokens is not None]
-    if experts:
-        from llm1bit.quant.pipeline import FALLBACK
-
-        out["fallback"] = {
-            "rule": FALLBACK,
-            "modules": [layer.name for layer in experts if layer.fallback],
-            "note": "measured as quantize does (identity Hessian, error against the routed Hessian); "
-            "left out of the fits, gains and Kendall taus",
-        }
-    out["timings"] = result.timings
-    return out
 
 
 @click.command(epilog=EPILOG)
@@ -218,7 +36,10 @@ def result_json(result: BitsResult, budget: float | None, settings: dict) -> dic
 @click.option("--candidates", default="2,3", show_default=True, help="Bit widths a layer may get.")
 @click.option("--solver", default="ilp", show_default=True, help="ilp (PuLP/CBC) or rank (reference §6.2).")
 @click.option(
-    "--mode", default="lat", show_default=True, help="shiftaddllm mode of the measured errors: lat or acc."
+    "--mode",
+    default="lat",
+    show_default=True,
+    help=f"shiftaddllm mode of the measured errors: {choices_text(MODES)}.",
 )
 @click.option(
     "--cost",
@@ -298,9 +119,11 @@ def bits(
     MLP layers in one currency that tracks perplexity. The ILP minimises the summed costs with the
     parameter-weighted average width <= --budget; --solver rank applies the reference's ranking/quantile
     rule on S instead. The output JSON is read by `llm1bit quantize --bits-config`."""
-    from llm1bit.quant.allocation import SOLVERS, check_budget, parse_candidates
-    from llm1bit.quant.config import QuantSpec
-    from llm1bit.quant.pipeline import check_device, read_bits_config
+    from llm1bit.format.bits_file import read_bits_file
+    from llm1bit.quant.bits.allocation import SOLVERS, check_budget, parse_candidates
+    from llm1bit.quant.bits.analysis import COSTS, analyse, model_tag, result_json
+    from llm1bit.quant.device import check_device
+    from llm1bit.quant.numerics.methods import QuantSpec
 
     cands = parse_candidates(candidates)
     if solver not in SOLVERS:
@@ -341,7 +164,7 @@ def bits(
         raise UserError("-o writes an allocation: give --budget B")
     if fix_file and solver != "ilp":
         raise UserError("--fix pins layers for the integer program; use it with --solver ilp")
-    pins = read_bits_config(fix_file) if fix_file else None
+    pins = read_bits_file(fix_file)[0] if fix_file else None
     if not Path(calib).is_file():
         raise UserError(f"calibration file {calib} does not exist")
     if output:
@@ -357,7 +180,7 @@ def bits(
     from rich.console import Console
 
     from llm1bit.quant.calib import calibration_windows
-    from llm1bit.quant.models import check_seqlen, load_model
+    from llm1bit.quant.hf.loading import check_seqlen, load_model
 
     console = Console(stderr=True)
     t0 = time.perf_counter()
@@ -409,12 +232,12 @@ def bits(
     }
     _print_summary(result, budget)
     if output:
-        from llm1bit.atomic import atomic_write_text
+        from llm1bit.format.bits_file import write_bits_file
 
-        atomic_write_text(output, json.dumps(result_json(result, budget, settings), indent=2) + "\n")
+        write_bits_file(output, result_json(result, budget, settings))
         click.echo(f"wrote {output}")
     if figures:
-        from llm1bit.quant.sal_figures import draw_figures
+        from llm1bit.figures.shiftaddllm import draw_figures
 
         out = Path(figures_dir)
         out.mkdir(exist_ok=True)
@@ -435,15 +258,7 @@ def _figure_names(only: str | None) -> tuple[str, ...]:
     return tuple(n for n in FIGURE_NAMES if n in names)
 
 
-def model_tag(model_src: str) -> str:
-    """A file-name tag for the model: the folder or file name without '.gguf' and quant suffixes."""
-    name = Path(str(model_src).rstrip("/")).name or "model"
-    if name.lower().endswith(".gguf"):
-        name = name[: -len(".gguf")]
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
-
-
-def _print_summary(result: BitsResult, budget: float | None) -> None:
+def _print_summary(result, budget: float | None) -> None:
     layers = result.layers
     measured = sum(1 for layer in layers if layer.errors)
     t = result.timings
@@ -474,7 +289,7 @@ def _print_summary(result: BitsResult, budget: float | None) -> None:
         )
     fallbacks = [layer.name for layer in layers if layer.fallback]
     if fallbacks:
-        from llm1bit.quant.pipeline import FALLBACK
+        from llm1bit.quant.numerics.column_solver import FALLBACK
 
         shown = ", ".join(fallbacks[:8]) + (f" and {len(fallbacks) - 8} more" if len(fallbacks) > 8 else "")
         click.echo(

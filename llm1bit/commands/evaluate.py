@@ -125,10 +125,10 @@ def evaluate(
         raise UserError(f"{flags}: only used with --tasks")
 
     from llm1bit.quant.calib import tokenize_file
-    from llm1bit.quant.linear import set_weight_cache
-    from llm1bit.quant.models import check_seqlen, load_model
-    from llm1bit.quant.perplexity import perplexity
-    from llm1bit.quant.pipeline import check_device
+    from llm1bit.quant.device import check_device
+    from llm1bit.quant.eval.perplexity import perplexity
+    from llm1bit.quant.hf.linear import set_weight_cache
+    from llm1bit.quant.hf.loading import check_seqlen, load_model
 
     data_path = Path(data) if data else default_data()
     if not data_path.is_file():
@@ -166,10 +166,11 @@ def _zeroshot(
 ) -> None:
     from rich.console import Console
 
-    from llm1bit.quant.linear import set_weight_cache
-    from llm1bit.quant.models import _is_llm1bit_folder, check_model_source, load_model
-    from llm1bit.quant.pipeline import check_device
-    from llm1bit.quant.zeroshot import SEEDS, import_lm_eval, load_tasks, results_table, run_tasks
+    from llm1bit.format.folder import is_quantized_folder
+    from llm1bit.quant.device import check_device
+    from llm1bit.quant.eval.zeroshot import SEEDS, import_lm_eval, load_tasks, results_table, run_tasks
+    from llm1bit.quant.hf.linear import set_weight_cache
+    from llm1bit.quant.hf.loading import check_model_source, load_model
 
     check_model_source(model_src)  # a missing model is reported before any task data is looked for
     specs = [t.strip() for t in tasks.split(",") if t.strip()]
@@ -186,7 +187,7 @@ def _zeroshot(
     loaded = load_tasks(specs, list(include_paths))  # unknown / unfetchable tasks: before the model loads
     console = Console(file=sys.stderr)  # bound now: lm-eval's own stderr output is silenced during the run
     path = Path(model_src).expanduser()
-    kind = "llm1bit quantized" if path.is_dir() and _is_llm1bit_folder(path) else "original"
+    kind = "llm1bit quantized" if is_quantized_folder(path) else "original"
     with console.status(f"loading {model_src}"):
         model, tokenizer = load_model(model_src)
     set_weight_cache(model, cache_weights)

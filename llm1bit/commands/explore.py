@@ -8,6 +8,7 @@ from pathlib import Path
 import click
 
 from llm1bit.commands.options import cache_option, make_cache, positive_int, simulator_progress
+from llm1bit.engine import EXECUTORS
 
 
 @click.command()
@@ -21,8 +22,8 @@ from llm1bit.commands.options import cache_option, make_cache, positive_int, sim
 )
 @click.option(
     "--executor",
-    type=click.Choice(["local", "ray"]),
-    default="local",
+    type=click.Choice(EXECUTORS),
+    default=EXECUTORS[0],
     show_default=True,
     help="local: a process pool here; ray: tasks on a Ray cluster (pip install 'llm1bit[ray]').",
 )
@@ -68,7 +69,7 @@ def explore(
     from llm1bit.atomic import check_output
     from llm1bit.engine import Executor, RunReport, default_jobs
     from llm1bit.errors import UserError
-    from llm1bit.explore import load_space, simulate_space
+    from llm1bit.explore import PlotPoints, load_space, simulate_space
 
     output = output or space_file.with_suffix(".csv")
     if output.suffix.lower() not in (".csv", ".parquet") and str(output) != "-":
@@ -94,7 +95,12 @@ def explore(
             report=report,
             executor=Executor(executor, jobs or default_jobs(), ray_address),
         )
-    rows = exploration.write(output, plot)  # after the progress bar: it would capture `-o -`
+    drawn = PlotPoints() if plot is not None else None
+    rows = exploration.write(output, drawn)  # after the progress bar: it would capture `-o -`
+    if plot is not None:
+        from llm1bit.figures.pareto import plot_pareto
+
+        plot_pareto(plot, drawn, exploration.references)
     seconds = time.perf_counter() - start
     rate = rows / seconds if seconds > 0 else float("inf")
     summary = report.summary() or "no simulator runs"

@@ -351,10 +351,12 @@ def cost_options(
 
 def layer_bits_options(f: Callable) -> Callable:
     """--bits-config / --quantized (per-layer widths) and --mla (how latent attention is computed)."""
+    from llm1bit.model_spec import MLA_FORMS
+
     f = click.option(
         "--mla",
-        type=click.Choice(["absorbed", "expanded"]),
-        default="absorbed",
+        type=click.Choice(MLA_FORMS),
+        default=MLA_FORMS[0],
         show_default=True,
         help="DeepSeek latent attention: kv_b_proj absorbed (attention over the latent cache) or expanded "
         "(K / V re-expanded and cached per head, as transformers computes it).",
@@ -397,7 +399,7 @@ def resolve_with_bits(
 
 
 def _refuse_overridden(cost: CostArgs, models: list, source: str) -> None:
-    from llm1bit.layer_bits import priced_by_point
+    from llm1bit.layer_widths import priced_by_point
 
     flags = {"--weight-bits": cost.weight_bits, "--weight-format": cost.weight_format}
     given = [(flag, value) for flag, value in flags.items() if value is not None]
@@ -414,7 +416,7 @@ def _with_mla(model, form: str):
 
 
 def _resolve(model_names: str | None, bits_config: str | None, quantized: str | None, default: str | None):
-    from llm1bit.layer_bits import load_quantized_model, with_bits_config
+    from llm1bit.layer_widths import load_quantized_model, with_bits_config
     from llm1bit.models import resolve_models
 
     if quantized:

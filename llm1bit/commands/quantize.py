@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -10,6 +9,8 @@ from pathlib import Path
 import click
 
 from llm1bit.errors import UserError
+from llm1bit.format import SAVE_DTYPES
+from llm1bit.quant.numerics.methods import METHODS, MODES, choices_text
 
 EPILOG = """\b
 Examples:
@@ -23,10 +24,13 @@ Examples:
 @click.option(
     "--model", "model_src", required=True, help="Local folder, FILE.gguf or hub id (hub only if reachable)."
 )
-@click.option("--method", default="shiftaddllm", show_default=True, help="shiftaddllm, gptq, bcq or rtn.")
+@click.option("--method", default=METHODS[0], show_default=True, help=f"{choices_text(METHODS)}.")
 @click.option("--wbits", type=int, default=3, show_default=True, help="Bits per weight (1 to 8).")
 @click.option(
-    "--mode", default="acc", show_default=True, help="shiftaddllm: acc (column scales) or lat (blocks)."
+    "--mode",
+    default="acc",
+    show_default=True,
+    help=f"shiftaddllm: {choices_text(MODES)} (acc: column scales; lat: blocks).",
 )
 @click.option(
     "--groupsize", type=int, default=-1, show_default=True, help="Rows (or columns) per scale; -1 = none."
@@ -52,7 +56,7 @@ Examples:
 )
 @click.option(
     "--save-dtype",
-    type=click.Choice(["auto", "float16", "bfloat16", "float32"]),
+    type=click.Choice(SAVE_DTYPES),
     default="auto",
     show_default=True,
     help="dtype of the tensors kept unquantized (embeddings, norms, lm_head); auto: the model's declared "
@@ -87,8 +91,9 @@ def quantize(
     gptq and shiftaddllm; never calibrate on the text you evaluate on. The output folder appears only
     when complete; an interrupted run keeps its finished layers in a hidden folder beside it, and the
     same command run again resumes from them."""
-    from llm1bit.quant.config import QuantSpec
-    from llm1bit.quant.pipeline import NEEDS_HESSIAN, check_device, read_bits_config
+    from llm1bit.format.bits_file import read_bits_file
+    from llm1bit.quant.device import check_device
+    from llm1bit.quant.numerics.methods import QuantSpec
 
     spec = QuantSpec(
         method=method,
@@ -101,7 +106,7 @@ def quantize(
         act_order=act_order,
         seed=seed,
     ).validate()
-    layer_bits = read_bits_config(bits_config) if bits_config else None
+    layer_bits = read_bits_file(bits_config)[0] if bits_config else None
     out = Path(output)
     if out.exists() and not out.is_dir():
         raise UserError(f"output {out} exists and is not a folder")
@@ -109,7 +114,7 @@ def quantize(
         raise UserError(f"cannot write {out}: folder {out.absolute().parent} does not exist")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise UserError(f"output folder {out} exists and is not empty (use --overwrite to replace it)")
-    needs_calib = method in NEEDS_HESSIAN
+    needs_calib = spec.info.needs_hessian
     if needs_calib and not calib:
         raise UserError(f"--method {method} needs --calib FILE (plain text, not your evaluation text)")
     if calib and not Path(calib).is_file():
@@ -144,10 +149,11 @@ def run_quantize(
     from rich.console import Console
 
     from llm1bit.atomic import atomic_dir
+    from llm1bit.format.safetensors import bits_per_weight
     from llm1bit.quant.calib import calibration_windows
-    from llm1bit.quant.checkpoint import save_quantized
-    from llm1bit.quant.models import check_seqlen, load_model
-    from llm1bit.quant.pipeline import quantize_model, summary_table
+    from llm1bit.quant.hf.checkpoint import save_quantized
+    from llm1bit.quant.hf.loading import check_seqlen, load_model
+    from llm1bit.quant.quantize import quantize_model, resume_folder, summary_table
 
     console = Console(stderr=True)
     model, tokenizer = load_model(model_src)
@@ -194,36 +200,3 @@ def run_quantize(
         soft_wrap=True,
     )
     click.echo(f"wrote {out}")
-
-
-def bits_per_weight(weights: Path, modules: dict) -> dict[str, float]:
-    """Bits per weight over all quantized modules, from the file: every tensor stored under a module's name
-    (codes, scales, incoherence key and rescale; not its bias) x 8 / its weights."""
-    from llm1bit.layer_bits import packed_by_module, safetensors_header
-
-    packed = packed_by_module(safetensors_header(weights))
-    n_weights = sum(m["shape"][0] * m["shape"][1] for m in modules.values())
-    total = incoherence = 0
-    for name in modules:
-        for suffix, (_, _, nbytes) in packed.get(name, {}).items():
-            total += nbytes
-            incoherence += nbytes if suffix.startswith("incoherence") else 0
-    return {
-        "total": 8 * total / n_weights,
-        "incoherence": 8 * incoherence / n_weights,
-        "without_incoherence": 8 * (total - incoherence) / n_weights,
-    }
-
-
-def resume_folder(out: Path, model_src: str, spec, windows, layer_bits: dict[str, int] | None) -> Path:
-    """Hidden folder beside `out` for finished layers, keyed by everything that decides their codes."""
-    from llm1bit import __version__
-
-    digest = hashlib.sha256()
-    source = Path(model_src)
-    stamp = [str(source.resolve()), source.stat().st_mtime_ns] if source.exists() else [model_src]
-    settings = {"model": stamp, "spec": spec.to_dict(), "bits": layer_bits, "version": __version__}
-    digest.update(json.dumps(settings, sort_keys=True).encode())
-    if windows is not None:
-        digest.update(windows.numpy().tobytes())
-    return out.parent / f".{out.name}.resume-{digest.hexdigest()[:16]}.partial"

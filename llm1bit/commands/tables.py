@@ -106,7 +106,7 @@ def weights_text(split) -> str:
     point = f"{p.weight_bits:g}-bit {p.weight_format}"
     if not split.model.proj_bits:
         return point
-    from llm1bit.layer_bits import priced_by_point
+    from llm1bit.layer_widths import priced_by_point
 
     own = sorted({(pb.bits, pb.fmt) for block in split.model.proj_bits for _, pb in block})
     text = "per layer " + ", ".join(f"{b:g}-bit {f}" for b, f in own)

@@ -18,7 +18,6 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from llm1bit import __version__
 from llm1bit.amdahl import parse_s_partial
 from llm1bit.backends import get_backend
 from llm1bit.cache import ResultCache
@@ -27,10 +26,12 @@ from llm1bit.energy import load_energy_table
 from llm1bit.engine import Progress
 from llm1bit.errors import UserError
 from llm1bit.hardware import Hardware, load_hardware
-from llm1bit.models import CONFIG_DIR, GPT_MODELS, LLAMA_MODELS, OPT_MODELS, ModelSpec, resolve_model
+from llm1bit.model_spec import ModelSpec
+from llm1bit.models import CONFIG_DIR, GPT_MODELS, LLAMA_MODELS, OPT_MODELS, resolve_model
 from llm1bit.precision import Precision
 from llm1bit.split import Split
 from llm1bit.sweep import Point, points, run_points
+from llm1bit.version import __version__
 
 SEQ_LENS = (128, 256, 512, 1024, 2048, 4096)
 WEIGHT_BITS = (16.0, 8.0, 4.0, 3.0, 2.0, 1.58, 1.0)  # fig14's projection weight widths

@@ -29,7 +29,7 @@ from llm1bit.figures.common import (
     settings_text,
     write_outputs,
 )
-from llm1bit.models import ModelSpec
+from llm1bit.model_spec import ModelSpec
 from llm1bit.sweep import Point
 
 HW = ("cloud", "edge")
@@ -85,7 +85,7 @@ class Run:
 
 def read_runs(results: Path) -> list[Run]:
     """Every eval result of the folder, with its quantized model; a one-line error for anything inconsistent."""
-    from llm1bit.layer_bits import load_quantized_model
+    from llm1bit.layer_widths import load_quantized_model
 
     if not results.is_dir():
         raise UserError(f"fig16: results folder {results} does not exist (see README: make fig16-results)")
@@ -125,13 +125,10 @@ def read_runs(results: Path) -> list[Run]:
 
 
 def _quantization_config(folder: Path) -> dict | None:
-    try:
-        qc = json.loads((folder / "config.json").read_text()).get("quantization_config")
-    except (OSError, ValueError, AttributeError):
-        raise UserError(
-            f"fig16: cannot read {folder / 'config.json'} (the evaluated model's folder)"
-        ) from None
-    return qc if isinstance(qc, dict) and str(qc.get("quant_method", "")).startswith("llm1bit-") else None
+    """The evaluated folder's llm1bit quantization_config; None for an FP model's folder."""
+    from llm1bit.format.folder import quantization_config, read_folder_config
+
+    return quantization_config(read_folder_config(folder, f"fig16: {folder} (the evaluated model's folder)"))
 
 
 def _points(settings: Settings, run: Run, hw: str) -> tuple[Point, Point]:

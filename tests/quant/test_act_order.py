@@ -7,7 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from llm1bit.cli import main
-from llm1bit.quant.config import QuantSpec
+from llm1bit.quant.numerics.methods import QuantSpec
 
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 STORIES, TEXT = DATA / "models" / "stories260K", DATA / "tinystories" / "valid-head.txt"

@@ -7,13 +7,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from oracles import brute_force
 
 from llm1bit.errors import UserError
-from llm1bit.quant.allocation import (
+from llm1bit.quant.bits.allocation import (
     ErrorFit,
     LayerCost,
     average_bits,
-    brute_force,
     budget_mix,
     check_pins,
     fit_errors,
@@ -24,7 +24,7 @@ from llm1bit.quant.allocation import (
     rank_bits,
     solve_ilp,
 )
-from llm1bit.quant.sensitivity import LayerSensitivity, criterion, kendall_taus, measured_positions
+from llm1bit.quant.bits.sensitivity import LayerSensitivity, criterion, kendall_taus, measured_positions
 
 
 def random_problem(seed: int, n_layers: int, widths: tuple[int, ...]) -> list[LayerCost]:

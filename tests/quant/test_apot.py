@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from llm1bit.quant.apot import apot, apot_scalar, apot_value, pot, pot_exponent
+from llm1bit.quant.numerics.apot import apot, apot_scalar, apot_value, pot, pot_exponent
 
 
 def _values(seed: int = 0, count: int = 5000) -> np.ndarray:

@@ -5,15 +5,14 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from oracles import bcq, bcq_simple
 
-from llm1bit.quant.apot import apot_value
-from llm1bit.quant.bcq import (
+from llm1bit.quant.numerics.apot import apot_value
+from llm1bit.quant.numerics.bcq import (
     LevelTable,
     _resolve_cycles,
     assign,
-    bcq,
     bcq_fit,
-    bcq_simple,
     cg,
     greedy,
     group_rows,

@@ -14,19 +14,13 @@ from test_dense_families import windows as dense_windows
 from test_moe_quantize import tiny as tiny_moe
 from test_moe_quantize import windows as moe_windows
 
-from llm1bit.commands.bits import analyse, result_json
-from llm1bit.quant.config import QuantSpec
-from llm1bit.quant.models import find_decoder_stack
-from llm1bit.quant.pipeline import (
-    FALLBACK,
-    capture_inputs,
-    capture_layer_kwargs,
-    layer_hessians,
-    quantize_model,
-    resolve_bits,
-    run_layer,
-)
-from llm1bit.quant.sensitivity import criterion, walk_fp_blocks
+from llm1bit.quant.bits.analysis import analyse, result_json
+from llm1bit.quant.bits.sensitivity import criterion, walk_fp_blocks
+from llm1bit.quant.numerics.column_solver import FALLBACK
+from llm1bit.quant.numerics.methods import QuantSpec
+from llm1bit.quant.quantize import quantize_model, resolve_bits
+from llm1bit.quant.walk.decoder_stack import find_decoder_stack
+from llm1bit.quant.walk.layers import capture_inputs, capture_layer_kwargs, layer_hessians, run_layer
 
 SPEC = QuantSpec(method="shiftaddllm", mode="lat", bcq_rounds=3, seed=0)
 

@@ -12,10 +12,10 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from llm1bit.atomic import atomic_dir
-from llm1bit.commands.quantize import bits_per_weight
-from llm1bit.quant.checkpoint import save_quantized
-from llm1bit.quant.config import QuantSpec
-from llm1bit.quant.pipeline import quantize_model
+from llm1bit.format.safetensors import bits_per_weight
+from llm1bit.quant.hf.checkpoint import save_quantized
+from llm1bit.quant.numerics.methods import QuantSpec
+from llm1bit.quant.quantize import quantize_model
 
 SMOLLM2 = dict(
     hidden_size=576, intermediate_size=1536, num_attention_heads=9, num_key_value_heads=3, head_dim=64

@@ -14,12 +14,12 @@ from transformers import AutoModelForCausalLM
 
 from llm1bit.atomic import atomic_dir
 from llm1bit.quant.calib import sample_windows, tokenize_file
-from llm1bit.quant.checkpoint import load_quantized, quant_linears, save_quantized
-from llm1bit.quant.config import QuantSpec
-from llm1bit.quant.models import load_model
-from llm1bit.quant.packing import apot_scales, pack, pack_bits, unpack, unpack_bits
-from llm1bit.quant.pipeline import quantize_model
-from llm1bit.quant.result import BinaryCodes, QuantizedWeight, UniformCodes
+from llm1bit.quant.hf.checkpoint import load_quantized, quant_linears, save_quantized
+from llm1bit.quant.hf.loading import load_model
+from llm1bit.quant.hf.packing import apot_scales, pack, pack_bits, unpack, unpack_bits
+from llm1bit.quant.numerics.codes import BinaryCodes, QuantizedWeight, UniformCodes
+from llm1bit.quant.numerics.methods import QuantSpec
+from llm1bit.quant.quantize import quantize_model
 
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 STORIES = DATA / "models" / "stories260K"
@@ -175,7 +175,7 @@ def test_load_quantized_refuses_plain_folder() -> None:
 
 def test_scale_terms_take_one_byte_each_and_round_trip():
     from llm1bit.errors import UserError
-    from llm1bit.quant.packing import TERM_EXP_MAX, TERM_EXP_MIN, decode_terms, encode_terms
+    from llm1bit.quant.hf.packing import TERM_EXP_MAX, TERM_EXP_MIN, decode_terms, encode_terms
 
     signs = torch.tensor([[1, -1, 0], [-1, 1, 1]], dtype=torch.int8)
     exps = torch.tensor([[TERM_EXP_MIN, TERM_EXP_MAX, 0], [-7, 0, -30]], dtype=torch.int8)

@@ -114,7 +114,7 @@ def test_real_subprocess(tmp_path: Path) -> None:
 
 
 def test_interrupted_write_leaves_no_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import llm1bit.quant.checkpoint as checkpoint
+    import llm1bit.quant.hf.checkpoint as checkpoint
 
     def half_write(model, tokenizer, out, *args, **kwargs):
         (Path(out) / "model.safetensors").write_bytes(b"half")
@@ -131,7 +131,7 @@ def test_interrupted_quantization_resumes(tmp_path: Path, monkeypatch: pytest.Mo
     """Finished layers survive an interruption in a hidden folder; the re-run skips them and matches."""
     from safetensors.torch import load_file
 
-    import llm1bit.quant.solver as solver
+    import llm1bit.quant.numerics.column_solver as solver
 
     real = solver.quantize_weight
     calls = []
@@ -247,7 +247,7 @@ def test_unquantized_tensors_are_saved_in_16_bits(tmp_path: Path, save_dtype: st
     Whatever the storage, the model computes in float32 and the reloaded folder equals what was written."""
     from safetensors.torch import load_file
 
-    from llm1bit.quant.checkpoint import load_quantized
+    from llm1bit.quant.hf.checkpoint import load_quantized
 
     out = tmp_path / "rtn4"
     extra = ["--save-dtype", save_dtype] if save_dtype else []

@@ -8,11 +8,13 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from llm1bit.quant.checkpoint import load_quantized, save_quantized
-from llm1bit.quant.config import QuantSpec
-from llm1bit.quant.linear import QuantLinear
-from llm1bit.quant.models import LAYOUTS, find_decoder_stack
-from llm1bit.quant.pipeline import capture_inputs, capture_layer_kwargs, quantize_model, run_layer
+from llm1bit.format.hf_names import LAYOUT_LINEARS as LAYOUTS
+from llm1bit.quant.hf.checkpoint import load_quantized, save_quantized
+from llm1bit.quant.hf.linear import QuantLinear
+from llm1bit.quant.numerics.methods import QuantSpec
+from llm1bit.quant.quantize import quantize_model
+from llm1bit.quant.walk.decoder_stack import find_decoder_stack
+from llm1bit.quant.walk.layers import capture_inputs, capture_layer_kwargs, run_layer
 
 VOCAB, SEQLEN = 96, 24
 

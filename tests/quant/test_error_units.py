@@ -4,8 +4,8 @@ basis, H the calibration Hessian, within 1 % (acc used to report it in its resca
 import pytest
 import torch
 
-from llm1bit.quant.config import QuantSpec
-from llm1bit.quant.solver import quantize_weight
+from llm1bit.quant.numerics.column_solver import quantize_weight
+from llm1bit.quant.numerics.methods import QuantSpec
 
 
 @pytest.mark.parametrize(

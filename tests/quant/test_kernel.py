@@ -1,4 +1,4 @@
-"""The LUT kernel (llm1bit.quant.kernel): y = x W^T from packed binary codes, against x dequantize(W)^T in float64.
+"""The LUT kernel (llm1bit.quant.hf.kernel): y = x W^T from packed binary codes, against x dequantize(W)^T in float64.
 
 Every weight here goes through the real format: random `BinaryCodes` (power-of-two scale terms, or float
 scales for bcq) packed by `packing.pack`, or the solver's own output (`quantize_weight`). The kernel's
@@ -13,12 +13,18 @@ import numpy as np
 import pytest
 import torch
 
-from llm1bit.quant.incoherence import rotation_key, rotations
-from llm1bit.quant.kernel import build
-from llm1bit.quant.kernel.gemv import ISAS, lut_linear, rotate
-from llm1bit.quant.kernel.layout import prepare
-from llm1bit.quant.packing import apot_scales, pack
-from llm1bit.quant.result import LEGACY_BUTTERFLY, BinaryCodes, Incoherence, QuantizedWeight, UniformCodes
+from llm1bit.quant.hf.kernel import build
+from llm1bit.quant.hf.kernel.gemv import ISAS, lut_linear, rotate
+from llm1bit.quant.hf.kernel.layout import prepare
+from llm1bit.quant.hf.packing import apot_scales, pack
+from llm1bit.quant.numerics.codes import (
+    LEGACY_BUTTERFLY,
+    BinaryCodes,
+    Incoherence,
+    QuantizedWeight,
+    UniformCodes,
+)
+from llm1bit.quant.numerics.incoherence import rotation_key, rotations
 
 TOL = 1e-5
 LIB = build.load()
@@ -34,7 +40,7 @@ BATCHES = (1, 2, 3, 4, 5, 16, 17)
 
 
 def layout(mode: str, n: int, groupsize: int) -> tuple[int, int]:
-    """(col_block, row_block) as the solver sets them (llm1bit.quant.solver)."""
+    """(col_block, row_block) as the solver sets them (llm1bit.quant.numerics.column_solver)."""
     if mode == "lat":
         return 8, (-(-n // 8) if groupsize <= 0 else groupsize // 8)
     return 1, (n if groupsize <= 0 else groupsize)
@@ -125,8 +131,8 @@ def test_legacy_rotations() -> None:
 
 def test_solver_output(make_layer) -> None:
     """Real solver results (lat and acc with incoherence, bcq) for an odd-sized layer."""
-    from llm1bit.quant.config import QuantSpec
-    from llm1bit.quant.solver import quantize_weight
+    from llm1bit.quant.numerics.column_solver import quantize_weight
+    from llm1bit.quant.numerics.methods import QuantSpec
 
     w, h, _ = make_layer(45, 172, tokens=256)
     for spec in (
@@ -213,7 +219,7 @@ def test_rotations_match_numpy_bit_for_bit() -> None:
 
 
 def quant_linear(mode: str = "lat", n: int = 172, k: int = 64, q: int = 3, bias: bool = True):
-    from llm1bit.quant.linear import QuantLinear
+    from llm1bit.quant.hf.linear import QuantLinear
 
     quantized = random_weight(mode, n, k, q, 128)
     b = torch.randn(n, generator=torch.Generator().manual_seed(2)) if bias else None
@@ -221,7 +227,7 @@ def quant_linear(mode: str = "lat", n: int = 172, k: int = 64, q: int = 3, bias:
 
 
 def test_forward_modes(monkeypatch) -> None:
-    from llm1bit.quant.kernel import forward
+    from llm1bit.quant.hf.kernel import forward
 
     layer, quantized = quant_linear("acc")
     x = torch.randn(2, 5, 64, generator=torch.Generator().manual_seed(0))
@@ -252,7 +258,7 @@ def test_forward_modes(monkeypatch) -> None:
 
 
 def test_forced_avx2_through_the_environment(monkeypatch) -> None:
-    from llm1bit.quant.kernel import forward
+    from llm1bit.quant.hf.kernel import forward
 
     layer, quantized = quant_linear("lat", bias=False)
     x = torch.randn(3, 64, generator=torch.Generator().manual_seed(0))
@@ -264,8 +270,8 @@ def test_forced_avx2_through_the_environment(monkeypatch) -> None:
 
 
 def test_lut_refuses_uniform_codes_naming_the_layer(monkeypatch) -> None:
-    from llm1bit.quant.kernel import KernelRefused, forward, require_lut, require_lut_model
-    from llm1bit.quant.linear import QuantLinear
+    from llm1bit.quant.hf.kernel import KernelRefused, forward, require_lut
+    from llm1bit.quant.hf.linear import QuantLinear, require_lut_model
 
     gen = torch.Generator().manual_seed(0)
     uniform = UniformCodes(
@@ -293,7 +299,7 @@ def test_lut_refuses_uniform_codes_naming_the_layer(monkeypatch) -> None:
 
 def test_prepared_layout_follows_the_buffers() -> None:
     """Loading new codes into a layer (in place, as load_state_dict does) rebuilds the kernel's layout."""
-    from llm1bit.quant.kernel import forward, prepared_for
+    from llm1bit.quant.hf.kernel import forward, prepared_for
 
     layer, _ = quant_linear("lat", bias=False)
     other, other_q = quant_linear("lat", bias=False)
@@ -308,7 +314,7 @@ def test_prepared_layout_follows_the_buffers() -> None:
 
 
 def test_no_compiler_warns_once_and_runs_dense(monkeypatch, tmp_path, capsys) -> None:
-    from llm1bit.quant.kernel import KernelRefused, forward
+    from llm1bit.quant.hf.kernel import KernelRefused, forward
 
     monkeypatch.setattr(build, "compiler", lambda: None)
     monkeypatch.setenv("LLM1BIT_CACHE_DIR", str(tmp_path))
@@ -347,11 +353,11 @@ def test_perplexity_kernel_equals_dense(tmp_path, monkeypatch, one_thread) -> No
     rebuild to 1e-3 relative."""
     from llm1bit.atomic import atomic_dir
     from llm1bit.quant.calib import sample_windows, tokenize_file
-    from llm1bit.quant.checkpoint import load_quantized, save_quantized
-    from llm1bit.quant.config import QuantSpec
-    from llm1bit.quant.models import load_model
-    from llm1bit.quant.perplexity import perplexity
-    from llm1bit.quant.pipeline import quantize_model
+    from llm1bit.quant.eval.perplexity import perplexity
+    from llm1bit.quant.hf.checkpoint import load_quantized, save_quantized
+    from llm1bit.quant.hf.loading import load_model
+    from llm1bit.quant.numerics.methods import QuantSpec
+    from llm1bit.quant.quantize import quantize_model
 
     data = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
     model, tokenizer = load_model(data / "models" / "stories260K")

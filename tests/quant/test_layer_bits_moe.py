@@ -15,12 +15,13 @@ from test_moe_quantize import tiny, windows
 
 from llm1bit.cli import main
 from llm1bit.errors import UserError
+from llm1bit.format.safetensors import safetensors_sizes
 from llm1bit.hardware import load_hardware
-from llm1bit.layer_bits import load_quantized_model, safetensors_sizes, with_bits_config
+from llm1bit.layer_widths import load_quantized_model, with_bits_config
 from llm1bit.models import load_hf_config
-from llm1bit.quant.checkpoint import save_quantized
-from llm1bit.quant.config import QuantSpec
-from llm1bit.quant.pipeline import quantize_model
+from llm1bit.quant.hf.checkpoint import save_quantized
+from llm1bit.quant.numerics.methods import QuantSpec
+from llm1bit.quant.quantize import quantize_model
 from llm1bit.sweep import Point, run_points
 
 HF_CONFIGS = Path(__file__).resolve().parents[1] / "hf_configs"

@@ -9,13 +9,14 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from llm1bit.errors import UserError
-from llm1bit.quant.checkpoint import load_quantized, save_quantized
-from llm1bit.quant.config import QuantSpec
-from llm1bit.quant.experts import ExpertHessians, QuantExperts, is_fused_experts
-from llm1bit.quant.linear import QuantLinear
-from llm1bit.quant.models import find_decoder_stack
-from llm1bit.quant.pipeline import FALLBACK, quantize_model, resolve_bits, summary_table
-from llm1bit.quant.uniform import rtn
+from llm1bit.quant.hf.checkpoint import load_quantized, save_quantized
+from llm1bit.quant.hf.experts import ExpertHessians, QuantExperts, is_fused_experts
+from llm1bit.quant.hf.linear import QuantLinear
+from llm1bit.quant.numerics.column_solver import FALLBACK
+from llm1bit.quant.numerics.methods import QuantSpec
+from llm1bit.quant.numerics.uniform import rtn
+from llm1bit.quant.quantize import quantize_model, resolve_bits, summary_table
+from llm1bit.quant.walk.decoder_stack import find_decoder_stack
 
 VOCAB, SEQLEN, NSAMPLES, TOP_K = 96, 32, 8, 2
 
@@ -139,7 +140,7 @@ def test_quant_experts_same_math_as_transformers() -> None:
 
 
 def _rtn(weight: torch.Tensor):
-    from llm1bit.quant.result import QuantizedWeight
+    from llm1bit.quant.numerics.codes import QuantizedWeight
 
     return QuantizedWeight(rtn(weight.detach().float().numpy(), 4, -1))
 

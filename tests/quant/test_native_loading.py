@@ -13,11 +13,11 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from llm1bit.atomic import atomic_dir
-from llm1bit.quant.checkpoint import load_quantized, quant_linears, save_quantized
-from llm1bit.quant.config import QuantSpec
-from llm1bit.quant.linear import QuantLinear, set_weight_cache
-from llm1bit.quant.models import load_model
-from llm1bit.quant.pipeline import quantize_model
+from llm1bit.quant.hf.checkpoint import load_quantized, quant_linears, save_quantized
+from llm1bit.quant.hf.linear import QuantLinear, set_weight_cache
+from llm1bit.quant.hf.loading import load_model
+from llm1bit.quant.numerics.methods import QuantSpec
+from llm1bit.quant.quantize import quantize_model
 
 STORIES = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "models" / "stories260K"
 
@@ -56,7 +56,7 @@ def test_native_in_a_fresh_process_after_import(folder: Path, tmp_path: Path) ->
     code = (
         "import llm1bit, torch\n"
         "from transformers import AutoModelForCausalLM\n"
-        "from llm1bit.quant.checkpoint import load_quantized\n"
+        "from llm1bit.quant.hf.checkpoint import load_quantized\n"
         f"a = AutoModelForCausalLM.from_pretrained({str(folder)!r})\n"
         f"b = load_quantized({str(folder)!r})\n"
         "x = torch.arange(1, 40)[None]\n"

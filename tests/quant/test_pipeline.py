@@ -14,11 +14,13 @@ import torch
 
 from llm1bit.errors import UserError
 from llm1bit.quant.calib import sample_windows, tokenize_file
-from llm1bit.quant.config import QuantSpec
-from llm1bit.quant.linear import QuantLinear
-from llm1bit.quant.models import find_decoder_stack, load_model
-from llm1bit.quant.perplexity import perplexity
-from llm1bit.quant.pipeline import capture_inputs, quantize_model, resolve_bits, run_layer
+from llm1bit.quant.eval.perplexity import perplexity
+from llm1bit.quant.hf.linear import QuantLinear
+from llm1bit.quant.hf.loading import load_model
+from llm1bit.quant.numerics.methods import QuantSpec
+from llm1bit.quant.quantize import quantize_model, resolve_bits
+from llm1bit.quant.walk.decoder_stack import find_decoder_stack
+from llm1bit.quant.walk.layers import capture_inputs, run_layer
 
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 STORIES = DATA / "models" / "stories260K"
@@ -119,7 +121,7 @@ def test_baselines_run(tokens: torch.Tensor, calib: torch.Tensor, method: str) -
 
 def test_hessian_from_captured_inputs_and_bits_config(calib: torch.Tensor) -> None:
     """The solver sees H = mean_s X_s^T X_s of the layer-0 inputs and the per-module bits."""
-    from llm1bit.quant.solver import quantize_weight
+    from llm1bit.quant.numerics.column_solver import quantize_weight
 
     model = fresh_model()
     stack = find_decoder_stack(model)

@@ -17,9 +17,18 @@ from safetensors.torch import load_file, save_file
 from llm1bit.atomic import atomic_dir
 from llm1bit.errors import UserError
 from llm1bit.quant.calib import sample_windows, tokenize_file
-from llm1bit.quant.checkpoint import load_quantized, quant_linears, save_quantized
-from llm1bit.quant.config import QuantSpec
-from llm1bit.quant.incoherence import (
+from llm1bit.quant.hf.checkpoint import load_quantized, quant_linears, save_quantized
+from llm1bit.quant.hf.loading import load_model
+from llm1bit.quant.hf.packing import pack, unpack
+from llm1bit.quant.numerics.codes import (
+    LEGACY_BUTTERFLY,
+    PHILOX_HADAMARD,
+    BinaryCodes,
+    Incoherence,
+    QuantizedWeight,
+)
+from llm1bit.quant.numerics.column_solver import quantize_weight
+from llm1bit.quant.numerics.incoherence import (
     RotationMismatch,
     SignedHadamard,
     key_hex,
@@ -27,11 +36,8 @@ from llm1bit.quant.incoherence import (
     rotations,
     stage_count,
 )
-from llm1bit.quant.models import load_model
-from llm1bit.quant.packing import pack, unpack
-from llm1bit.quant.pipeline import quantize_model
-from llm1bit.quant.result import LEGACY_BUTTERFLY, PHILOX_HADAMARD, BinaryCodes, Incoherence, QuantizedWeight
-from llm1bit.quant.solver import quantize_weight
+from llm1bit.quant.numerics.methods import QuantSpec
+from llm1bit.quant.quantize import quantize_model
 
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 STORIES = DATA / "models" / "stories260K"

@@ -10,12 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from llm1bit.quant.allocation import fit_errors, held_out_predictions, predicted_costs
-from llm1bit.quant.calib import calibration_windows
-from llm1bit.quant.config import QuantSpec
-from llm1bit.quant.models import find_decoder_stack, load_model
-from llm1bit.quant.pipeline import run_layer
-from llm1bit.quant.sensitivity import (
+from llm1bit.quant.bits.allocation import fit_errors, held_out_predictions, predicted_costs
+from llm1bit.quant.bits.sensitivity import (
     LayerSensitivity,
     measure_layers,
     output_error,
@@ -23,6 +19,11 @@ from llm1bit.quant.sensitivity import (
     quantize_layer,
     walk_fp_blocks,
 )
+from llm1bit.quant.calib import calibration_windows
+from llm1bit.quant.hf.loading import load_model
+from llm1bit.quant.numerics.methods import QuantSpec
+from llm1bit.quant.walk.decoder_stack import find_decoder_stack
+from llm1bit.quant.walk.layers import run_layer
 
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data"
 STORIES = DATA / "models" / "stories260K"

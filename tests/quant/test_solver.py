@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from llm1bit.errors import UserError
-from llm1bit.quant.apot import apot_value
-from llm1bit.quant.config import QuantSpec
-from llm1bit.quant.incoherence import (
+from llm1bit.quant.numerics.apot import apot_value
+from llm1bit.quant.numerics.codes import LEGACY_BUTTERFLY, PHILOX_HADAMARD, BinaryCodes, UniformCodes
+from llm1bit.quant.numerics.column_solver import block_order, quantize_weight, solve
+from llm1bit.quant.numerics.incoherence import (
     Butterfly,
     butterfly_factors,
     incoherence_preprocess,
@@ -19,8 +20,7 @@ from llm1bit.quant.incoherence import (
     prime_factors,
     undo_incoherence,
 )
-from llm1bit.quant.result import LEGACY_BUTTERFLY, PHILOX_HADAMARD, BinaryCodes, UniformCodes
-from llm1bit.quant.solver import block_order, quantize_weight, solve
+from llm1bit.quant.numerics.methods import QuantSpec
 
 SPECS = {
     "rtn": dict(method="rtn"),

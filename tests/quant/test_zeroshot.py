@@ -38,7 +38,7 @@ def test_missing_extra_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_lastword_docs_from_shared_text() -> None:
-    from llm1bit.quant.zeroshot import lastword_docs
+    from llm1bit.quant.eval.zeroshot import lastword_docs
 
     docs = lastword_docs(TEXT.read_text())
     assert len(docs) > 8
@@ -84,9 +84,9 @@ def direct_lastword(model, tokenizer, docs: list[dict]) -> tuple[int, float]:
 
 @pytest.mark.parametrize("kind", ["original", "rtn4"])
 def test_lastword_matches_direct_greedy(kind: str, request: pytest.FixtureRequest) -> None:
-    from llm1bit.quant.checkpoint import load_quantized
-    from llm1bit.quant.models import load_model
-    from llm1bit.quant.zeroshot import lastword_docs
+    from llm1bit.quant.eval.zeroshot import lastword_docs
+    from llm1bit.quant.hf.checkpoint import load_quantized
+    from llm1bit.quant.hf.loading import load_model
 
     source = STORIES if kind == "original" else str(request.getfixturevalue("rtn4"))
     batch = ["--batch-size", "8"] if kind == "rtn4" else []  # one padded batch, and one request a forward
@@ -115,7 +115,7 @@ def test_lastword_matches_direct_greedy(kind: str, request: pytest.FixtureReques
 
 def test_text_table_and_yaml_path(tmp_path: Path) -> None:
     """A task YAML given as a path (and a folder through --include-path): lm-eval's loaders, offline."""
-    from llm1bit.quant.zeroshot import TASKS_DIR
+    from llm1bit.quant.eval.zeroshot import TASKS_DIR
 
     text = (TASKS_DIR / "tinystories_lastword.yaml").read_text()
     (tmp_path / "my_lastword.yaml").write_text(

@@ -1,0 +1,60 @@
+"""The bits-config file: {"layers": {"<module name>": bits or {"bits": bits}}, "settings": {"mode": ...}, ...}.
+
+`llm1bit bits` writes it (`write_bits_file`); `quantize --bits-config`, `simulate --bits-config` and the
+figures read it through `read_bits_file`, strictly: a module (or any key) given twice, an unknown top-level
+key, a per-layer object with keys other than `bits` or an unknown mode is a one-line error, never a silently
+dropped value. Module names are those of `llm1bit.format.hf_names`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from llm1bit.errors import UserError
+
+# The top-level keys of a bits file: what `llm1bit bits` writes. Only `layers` and `settings.mode` decide
+# numbers when it is read; any other key is a typo the simulation would silently ignore.
+BITS_FILE_KEYS = (
+    "layers", "average_bits", "budget", "objective", "solver", "solve_seconds", "settings", "error", "fits",
+    "kendall_tau", "kendall_tau_per_param", "kendall_tau_refined", "kendall_tau_refined_held_out",
+    "sublayers", "fallback", "timings",
+)  # fmt: skip
+BITS_MODES = {"lat": "bcq-lat", "acc": "bcq-acc"}  # settings.mode -> the weight format of the widths it holds
+
+
+def read_bits_file(path: str | Path) -> tuple[dict[str, object], str | None]:
+    """({module: bits as given}, settings.mode) of a bits file, read strictly."""
+    from llm1bit.jsonfile import check_keys, read_json
+
+    data = read_json(path, "bits config")
+    layers = data.get("layers") if isinstance(data, dict) else None
+    if not isinstance(layers, dict) or not layers:
+        raise UserError(f'bits config {path} needs a non-empty "layers" object {{"<module name>": bits}}')
+    if "mode" in data:  # the likeliest slip: the mode beside the layers, where nothing reads it
+        raise UserError(
+            f'bits config {path}: "mode" belongs in "settings" ({{"settings": {{"mode": "lat"}}}})'
+        )
+    check_keys(data, BITS_FILE_KEYS, f"bits config {path}")
+    settings = data.get("settings", {})
+    if not isinstance(settings, dict):
+        raise UserError(f"bits config {path}: settings must be an object")
+    mode = settings.get("mode")
+    if mode is not None and mode not in BITS_MODES:
+        raise UserError(f"bits config {path}: settings.mode {mode!r}; allowed: {', '.join(BITS_MODES)}")
+    out = {}
+    for name, value in layers.items():
+        if isinstance(value, dict):
+            check_keys(value, ("bits",), f"bits config {path}: layers.{name}")
+            value = value.get("bits")
+        out[name] = value
+    return out, mode
+
+
+def write_bits_file(path: str | Path, data: dict) -> None:
+    """Write a bits file atomically (nothing half-written); a key `read_bits_file` would refuse is a bug here."""
+    from llm1bit.atomic import atomic_write_text
+
+    unknown = [key for key in data if key not in BITS_FILE_KEYS]
+    if unknown:
+        raise ValueError(f"bits file keys {unknown} are not the format's (BITS_FILE_KEYS)")
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")

@@ -1,0 +1,2 @@
+"""Quality of a (quantized) model: perplexity on token windows and zero-shot accuracy through
+lm-evaluation-harness."""

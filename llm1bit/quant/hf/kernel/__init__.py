@@ -1,0 +1,35 @@
+"""CPU kernel for binary-coded layers: y = x W^T from the packed bit planes and scales, W never built.
+
+* `lut.c`     the C kernel (AVX-512 / AVX2 table lookups, pthreads; acc rotations in float64)
+* `build`     compile with the system C compiler at first use, cache by source + flags + compiler, ctypes
+* `layout`    the kernel's layout of one layer, built once from its packed tensors
+* `gemv`      `lut_linear` (the computation), `forward` (QuantLinear's hook, LLM1BIT_KERNEL=auto|lut|dense),
+              `require_lut` (the one-line refusal;
+              `llm1bit.quant.hf.linear.require_lut_model` applies it to a whole model)"""
+
+from llm1bit.quant.hf.kernel.gemv import (
+    AUTO_MAX_TOKENS,
+    KERNEL_MODES,
+    KernelRefused,
+    forward,
+    kernel_mode,
+    layer_reason,
+    lut_linear,
+    prepared_for,
+    require_lut,
+)
+from llm1bit.quant.hf.kernel.layout import Prepared, prepare
+
+__all__ = [
+    "AUTO_MAX_TOKENS",
+    "KERNEL_MODES",
+    "KernelRefused",
+    "Prepared",
+    "forward",
+    "kernel_mode",
+    "layer_reason",
+    "lut_linear",
+    "prepare",
+    "prepared_for",
+    "require_lut",
+]
