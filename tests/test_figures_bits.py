@@ -12,7 +12,7 @@ from llm1bit.cli import main
 from llm1bit.costs import Pricing
 from llm1bit.energy import load_energy_table
 from llm1bit.figures import FIGURES, Settings, make_figures
-from llm1bit.figures.bits import SEGMENTS
+from llm1bit.figures.weight_widths import SEGMENTS
 from llm1bit.hardware import load_hardware
 from llm1bit.models import resolve_models
 from llm1bit.precision import Precision

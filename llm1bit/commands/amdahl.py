@@ -8,14 +8,16 @@ from pathlib import Path
 
 import click
 
-from llm1bit.amdahl import METRIC_FRACTION
 from llm1bit.commands.options import (
     CostArgs,
+    LazyChoice,
     OneValueCommand,
     backend_option,
+    batch_option,
     cache_option,
     cost_options,
     dataflow_option,
+    hw_option,
     layer_bits_options,
     make_cache,
     nonempty,
@@ -29,6 +31,12 @@ from llm1bit.commands.options import (
 )
 
 
+def _metrics() -> tuple[str, ...]:
+    from llm1bit.amdahl import METRIC_FRACTION
+
+    return tuple(METRIC_FRACTION)
+
+
 @click.command(cls=OneValueCommand)
 @click.option(
     "--model",
@@ -37,17 +45,11 @@ from llm1bit.commands.options import (
     callback=nonempty,
     help="Name(s) or config.json path(s), comma-separated.",
 )
-@click.option(
-    "--hw",
-    "hw_spec",
-    default="cloud",
-    show_default=True,
-    help="cloud, edge, or SCALE-Sim .cfg path(s), comma-separated.",
-)
+@hw_option()
 @click.option("--seq-len", default="2048", callback=positive_ints, show_default=True, help="Comma-separated.")
 @click.option(
     "--metric",
-    type=click.Choice(list(METRIC_FRACTION)),
+    type=LazyChoice(_metrics),
     default=None,
     help="The curve's F: share of compute cycles, SRAM accesses, time or energy of the 16-bit point "
     "[default: cycles; time when a precision flag is given].",
@@ -64,7 +66,7 @@ from llm1bit.commands.options import (
 @dataflow_option()
 @backend_option("scalesim")
 @phase_option
-@click.option("--batch", default="1", callback=positive_ints, show_default=True, help="Comma-separated.")
+@batch_option
 @click.option("--jobs", default=None, callback=positive_int)
 @cost_options()
 @layer_bits_options

@@ -7,8 +7,13 @@ from pathlib import Path
 
 import click
 
-from llm1bit.commands.options import cache_option, make_cache, positive_int, simulator_progress
-from llm1bit.engine import EXECUTORS
+from llm1bit.commands.options import LazyChoice, cache_option, make_cache, positive_int, simulator_progress
+
+
+def _executors() -> tuple[str, ...]:
+    from llm1bit.engine import EXECUTORS
+
+    return EXECUTORS
 
 
 @click.command()
@@ -22,8 +27,8 @@ from llm1bit.engine import EXECUTORS
 )
 @click.option(
     "--executor",
-    type=click.Choice(EXECUTORS),
-    default=EXECUTORS[0],
+    type=LazyChoice(_executors),
+    default="local",
     show_default=True,
     help="local: a process pool here; ray: tasks on a Ray cluster (pip install 'llm1bit[ray]').",
 )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -128,6 +128,42 @@ def backend_option(default: str, help: str | None = None) -> Callable[[Callable]
     return click.option(
         "--backend", type=click.Choice(choices), default=default, show_default=True, help=help
     )
+
+
+class LazyChoice(click.Choice):
+    """A click.Choice whose choices come from their registry when first needed (help, parsing, completion), so
+    that listing the commands (`llm1bit --help`) imports no registry module."""
+
+    def __init__(self, load: Callable[[], Sequence[str]], case_sensitive: bool = True) -> None:
+        self._load, self._choices, self.case_sensitive = load, None, case_sensitive
+
+    @property
+    def choices(self) -> tuple[str, ...]:  # type: ignore[override]
+        if self._choices is None:
+            self._choices = tuple(self._load())
+        return self._choices
+
+
+def hw_option(default: str = "cloud") -> Callable[[Callable], Callable]:
+    """--hw: built-in hardware names or SCALE-Sim .cfg paths, comma-separated (parameter `hw_spec`)."""
+    return click.option(
+        "--hw",
+        "hw_spec",
+        default=default,
+        show_default=True,
+        help="cloud, edge, or SCALE-Sim .cfg path(s), comma-separated.",
+    )
+
+
+def batch_option(f: Callable) -> Callable:
+    """--batch: sequences per step, comma-separated positive integers."""
+    return click.option(
+        "--batch",
+        default="1",
+        callback=positive_ints,
+        show_default=True,
+        help="Sequences per step, comma-separated.",
+    )(f)
 
 
 def phase_option(f: Callable) -> Callable:
@@ -349,14 +385,18 @@ def cost_options(
     return decorate
 
 
-def layer_bits_options(f: Callable) -> Callable:
-    """--bits-config / --quantized (per-layer widths) and --mla (how latent attention is computed)."""
+def _mla_forms() -> tuple[str, ...]:
     from llm1bit.model_spec import MLA_FORMS
 
+    return MLA_FORMS
+
+
+def layer_bits_options(f: Callable) -> Callable:
+    """--bits-config / --quantized (per-layer widths) and --mla (how latent attention is computed)."""
     f = click.option(
         "--mla",
-        type=click.Choice(MLA_FORMS),
-        default=MLA_FORMS[0],
+        type=LazyChoice(_mla_forms),
+        default="absorbed",
         show_default=True,
         help="DeepSeek latent attention: kv_b_proj absorbed (attention over the latent cache) or expanded "
         "(K / V re-expanded and cached per head, as transformers computes it).",

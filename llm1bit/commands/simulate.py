@@ -10,9 +10,11 @@ from llm1bit.commands.options import (
     CostArgs,
     OneValueCommand,
     backend_option,
+    batch_option,
     cache_option,
     cost_options,
     dataflow_option,
+    hw_option,
     layer_bits_options,
     make_cache,
     nonempty,
@@ -35,13 +37,7 @@ from llm1bit.commands.options import (
     callback=nonempty,
     help="Built-in name(s) (see `llm1bit models`) or config.json path(s), comma-separated.",
 )
-@click.option(
-    "--hw",
-    "hw_spec",
-    default="cloud",
-    show_default=True,
-    help="cloud, edge, or SCALE-Sim .cfg path(s), comma-separated.",
-)
+@hw_option()
 @click.option(
     "--seq-len",
     default="2048",
@@ -54,13 +50,7 @@ from llm1bit.commands.options import (
     "scalesim", help="scalesim: the real simulator (composed exactly, cached); analytic: its closed form."
 )
 @phase_option
-@click.option(
-    "--batch",
-    default="1",
-    callback=positive_ints,
-    show_default=True,
-    help="Sequences per step, comma-separated.",
-)
+@batch_option
 @click.option("--jobs", default=None, callback=positive_int, help="Worker processes [default: CPU count].")
 @strict_option
 @cost_options()

@@ -10,8 +10,10 @@ from llm1bit.commands.options import (
     CostArgs,
     OneValueCommand,
     backend_option,
+    batch_option,
     cache_option,
     cost_options,
+    hw_option,
     layer_bits_options,
     make_cache,
     nonempty,
@@ -19,7 +21,6 @@ from llm1bit.commands.options import (
     parse_name_list,
     phase_option,
     positive_int,
-    positive_ints,
     resolve_with_bits,
     simulator_progress,
     strict_option,
@@ -38,13 +39,7 @@ SEQ_LENS = "128,256,512,1024,2048,4096"
     callback=nonempty,
     help="Comma-separated names or config.json paths; groups: opt, gpt, llama, paper [default: opt].",
 )
-@click.option(
-    "--hw",
-    "hw_specs",
-    default="cloud,edge",
-    show_default=True,
-    help="Comma-separated: cloud, edge, .cfg paths.",
-)
+@hw_option("cloud,edge")
 @click.option("--seq-lens", default=SEQ_LENS, show_default=True, help="Comma-separated context lengths.")
 @click.option(
     "--dataflows",
@@ -54,13 +49,7 @@ SEQ_LENS = "128,256,512,1024,2048,4096"
 )
 @backend_option("scalesim")
 @phase_option
-@click.option(
-    "--batch",
-    default="1",
-    callback=positive_ints,
-    show_default=True,
-    help="Sequences per step, comma-separated.",
-)
+@batch_option
 @click.option("--jobs", default=None, callback=positive_int, help="Worker processes [default: CPU count].")
 @strict_option
 @cost_options()
@@ -75,7 +64,7 @@ SEQ_LENS = "128,256,512,1024,2048,4096"
 )
 def sweep(
     model_names: str | None,
-    hw_specs: str,
+    hw_spec: str,
     seq_lens: str,
     dataflows: str | None,
     backend: str,
@@ -108,7 +97,7 @@ def sweep(
 
     models = resolve_with_bits(model_names, bits_config, quantized, cost=cost, mla=mla, default="opt")
     hardware = [
-        hw.with_clock(cost.freq_mhz, cost.dram_gbps) for hw in load_hardware_list(parse_name_list(hw_specs))
+        hw.with_clock(cost.freq_mhz, cost.dram_gbps) for hw in load_hardware_list(parse_name_list(hw_spec))
     ]
     pricings = cost.pricings()
     lengths = parse_int_list("--seq-lens", seq_lens)

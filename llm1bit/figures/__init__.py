@@ -4,8 +4,11 @@
     amdahl_curves  fig05, fig07, fig11, fig12  Amdahl curves (and `llm1bit amdahl --plot`)
     dataflows      fig08                       total cycles under the IS, OS and WS dataflows
     modern         fig13                       today's architectures vs the paper's simplified shapes
-    bits           fig14, fig15                speedup / energy saving against weight bits; energy breakdown
+    weight_widths  fig14, fig15                speedup / energy saving against weight bits; energy breakdown
     quality        fig16                       perplexity of quantized folders against their speedup / saving
+
+Drawn by their commands instead: `pareto` (`llm1bit explore --plot`) and `shiftaddllm` (`llm1bit bits --figures`:
+sal_fig4, sal_fig5, sal_fig7).
 
 `make_figures` simulates the points of all requested figures in one deduplicated run, then draws
 each figure into `<out>/figNN-....png`, `.pdf` and a `.csv` of exactly the plotted numbers."""
@@ -15,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from llm1bit.figures import amdahl_curves, bits, dataflows, heatmaps, modern, quality
+from llm1bit.figures import amdahl_curves, dataflows, heatmaps, modern, quality, weight_widths
 from llm1bit.figures.common import FigureSpec, Settings, simulate
 
 FIGURES: dict[str, FigureSpec] = {
@@ -26,7 +29,7 @@ FIGURES: dict[str, FigureSpec] = {
             *amdahl_curves.FIGURES,
             *dataflows.FIGURES,
             *modern.FIGURES,
-            *bits.FIGURES,
+            *weight_widths.FIGURES,
             *quality.FIGURES,
         ),
         key=lambda f: f.name,
