@@ -89,7 +89,7 @@ def explore(
     start = time.perf_counter()
     space = load_space(space_file)
     report = RunReport()
-    with simulator_progress(f"{space.size} points", rate=True, points=space.size) as progress:
+    with simulator_progress(f"{space.size} points", points=space.size) as progress:
         exploration = simulate_space(
             space,
             output,

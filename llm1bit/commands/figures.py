@@ -128,11 +128,9 @@ def figures(
       llm1bit figures --phase prefill --batch 4 --only fig04
       llm1bit figures --only fig14,fig15 --act-bits 8 --energy-table shiftaddllm
     """
-    from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
     from llm1bit.errors import UserError
     from llm1bit.figures import FIGURES, NEEDS_RESULTS, Settings, make_figures
+    from llm1bit.progress import progress_bar
 
     default = [n for n in FIGURES if results is not None or n not in NEEDS_RESULTS]
     names = _figure_names(only, list(FIGURES)) if only else default
@@ -164,18 +162,9 @@ def figures(
     except OSError as exc:
         raise UserError(f"cannot create output folder {out}: {exc.strerror}") from None
     cache = make_cache(cache_dir)
-    console = Console(stderr=True)
     drawn: list[tuple[str, list[Path]]] = []
     with simulator_progress(f"SCALE-Sim runs for {', '.join(names)}") as sim_progress:
-        with Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=console,
-            transient=True,
-            disable=not console.is_terminal,  # no stray newline on stderr without a terminal
-        ) as bar:
+        with progress_bar("figures", transient=True) as bar:
             task = bar.add_task("simulating", total=len(names))
 
             def on_drawn(name: str, paths: list[Path]) -> None:

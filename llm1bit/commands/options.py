@@ -204,40 +204,23 @@ def warn_beyond_context(pts) -> None:
 
 
 @contextmanager
-def simulator_progress(description: str, rate: bool = False, points: int = 0):
-    """A rich progress bar on stderr; yields a progress(done, total). Silent (no output at all) without a terminal.
-
-    With `rate`, it also shows simulator runs per second (and, given the number of `points` the runs serve,
+def simulator_progress(description: str, points: int = 0):
+    """A progress bar of simulator runs on stderr (`llm1bit.progress`); yields a progress(done, total). Silent (no
+    output at all) without a terminal. It shows runs per second (and, given the number of `points` the runs serve,
     the points per second they amount to) and the time remaining."""
     from rich.console import Console
-    from rich.progress import (
-        BarColumn,
-        MofNCompleteColumn,
-        Progress,
-        ProgressColumn,
-        TextColumn,
-        TimeElapsedColumn,
-        TimeRemainingColumn,
-    )
-    from rich.text import Text
 
-    class RateColumn(ProgressColumn):
-        def render(self, task) -> Text:
-            if not task.speed:
-                return Text("")
-            per_point = (
-                f" ≈ {task.speed * points / task.total:,.0f} points/s" if points and task.total else ""
-            )
-            return Text(f"{task.speed:.1f} runs/s{per_point}")
+    from llm1bit.progress import progress_bar
+
+    def runs_per_s(speed: float, total: float | None) -> str:
+        per_point = f" ≈ {speed * points / total:,.0f} points/s" if points and total else ""
+        return f"{speed:.1f} runs/s{per_point}"
 
     console = Console(stderr=True)
     if not console.is_terminal:
         yield None
         return
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
-    if rate:
-        columns += [RateColumn(), TextColumn("ETA"), TimeRemainingColumn()]
-    with Progress(*columns, console=console, transient=True) as bar:
+    with progress_bar("runs", console, transient=True, rate_text=runs_per_s) as bar:
         task = bar.add_task(description, total=None)
 
         def update(done: int, total: int) -> None:

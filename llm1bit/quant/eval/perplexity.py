@@ -7,6 +7,7 @@ PPL = exp(mean of the window losses)."""
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
@@ -39,9 +40,14 @@ def window_count(total: int, seqlen: int, max_windows: int | None = None) -> int
 
 
 def perplexity(
-    model: nn.Module, ids: torch.Tensor, seqlen: int, max_windows: int | None = None, device: str = "cpu"
+    model: nn.Module,
+    ids: torch.Tensor,
+    seqlen: int,
+    max_windows: int | None = None,
+    device: str = "cpu",
+    on_window: Callable[[], None] | None = None,
 ) -> Perplexity:
-    """Perplexity of `model` (already on `device`) on the token ids `ids` (T,)."""
+    """Perplexity of `model` (already on `device`) on the token ids `ids` (T,); `on_window()` after each window."""
     import torch
     import torch.nn.functional as F
 
@@ -57,6 +63,8 @@ def perplexity(
             logits = model(input_ids=window, use_cache=False).logits
             loss = F.cross_entropy(logits[0, :-1].float(), window[0, 1:])
             losses.append(loss.item())
+            if on_window is not None:
+                on_window()
     return Perplexity(
         seqlen=seqlen,
         windows=n,

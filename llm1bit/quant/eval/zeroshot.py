@@ -266,16 +266,9 @@ def _progress_lm(hflm_cls, console: Console | None):
         def _run(self, kind: str, method, requests, disable_tqdm: bool = False):
             if console is None:
                 return method(requests, disable_tqdm=True)
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+            from llm1bit.progress import progress_bar
 
-            with Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeElapsedColumn(),
-                console=console,
-                transient=False,
-            ) as progress:
+            with progress_bar("requests", console) as progress:
                 self._progress = progress
                 self._task = progress.add_task(f"{kind} requests", total=len(requests))
                 try:
