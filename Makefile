@@ -140,3 +140,16 @@ fig16: install
 
 fig16-results: install $(SMOLLM2_GGUF)
 	bash scripts/fig16_results.sh $(RESULTS)
+
+# fig17: perplexity against simulated tokens/s and energy per token of uniform, rank-rule, average-bits and
+# hardware-budget allocations (`llm1bit bits --min-tokens-per-s / --max-energy-per-token-mj`). RESULTS17 holds
+# `llm1bit quantize` folders and their eval results; `make fig17-results` makes it (SmolLM2-135M, fig16's reduced
+# settings, about an hour on 2 CPU cores; scripts/fig17_results.sh).
+RESULTS17 ?= results/fig17
+.PHONY: fig17 fig17-results
+
+fig17: install
+	$(LLM1BIT) figures --only fig17 --results $(RESULTS17) --backend $(BACKEND) --out figures
+
+fig17-results: install $(SMOLLM2_GGUF)
+	bash scripts/fig17_results.sh $(RESULTS17)

@@ -196,6 +196,35 @@ def _attach(model: ModelSpec, per_module: dict[str, ProjBits], what: str) -> Mod
     return dataclasses.replace(model, proj_bits=proj_bits)
 
 
+def attach_bits(model: ModelSpec, per_module: dict[str, ProjBits], what: str) -> ModelSpec:
+    """`model` with each named module's ProjBits, exactly as `load_quantized_model` attaches a folder's (expert
+    slices averaged per layer): `llm1bit bits` prices an allocation through it before any folder exists."""
+    return _attach(model, per_module, what)
+
+
+@dataclass(frozen=True)
+class ModuleSite:
+    """Where a module's weights sit in the workload: its decoder block, the workload projections it gives its
+    width to, its share of each (1; an expert slice 1 / experts, as the layer's mean prices it) and [out, in]."""
+
+    block: int
+    projections: tuple[str, ...]
+    share: float
+    shape: tuple[int, int]
+
+
+def module_sites(model: ModelSpec) -> dict[str, ModuleSite]:
+    """Every module a bits file or a quantized folder may name (routers left out), with its ModuleSite."""
+    shapes, slices = _shapes(model), _slice_shapes(model) if model.moe else {}
+    out = {}
+    for name, where in _names(model).items():
+        if where[1] == _SLICE:
+            out[name] = ModuleSite(where[0], EXPERT_SLICES[where[2]], 1 / model.moe.experts, slices[where[2]])
+        elif where[1] not in ROUTER_NAMES.values():
+            out[name] = ModuleSite(where[0], (where[1],), 1.0, shapes[where[1]])
+    return out
+
+
 def with_bits_config(model: ModelSpec, path: str | Path) -> ModelSpec:
     """Attach the widths of a `llm1bit bits` file (or any {"layers": {module: bits}}) to a config-given model.
 

@@ -7,6 +7,16 @@ from pathlib import Path
 
 import click
 
+from llm1bit.commands.options import (
+    CostArgs,
+    OneValueCommand,
+    backend_option,
+    batch_option,
+    cost_options,
+    hw_option,
+    phase_option,
+    positive_int,
+)
 from llm1bit.errors import UserError
 from llm1bit.quant.numerics.methods import MODES, choices_text
 
@@ -20,10 +30,17 @@ Examples:
       --calib ../shared/data/tinystories/valid-head.txt --nsamples 16 --seqlen 256 -o out/mixed
   llm1bit bits --model SmolLM2-135M-Instruct.Q4_1.gguf --calib ../shared/data/wikitext-2/valid.tokenized.txt \\
       --nsamples 16 --seqlen 512 --budget 2.2 --record-errors --figures figures -o smol-2.2.json
+  llm1bit bits --model SmolLM2-135M-Instruct.Q4_1.gguf --calib ../shared/data/wikitext-2/valid.tokenized.txt \\
+      --nsamples 16 --seqlen 512 --min-tokens-per-s 370 --hw cloud --seq-len 2048 -o smol-370tps.json
 """
+# Options that price a time or energy budget (`simulate`'s), refused when no such budget is given.
+HARDWARE_OPTIONS = ("hw_spec", "backend", "act_bits", "kv_bits", "freq_mhz", "dram_gbps", "energy_table",
+                    "bcq_compute")  # fmt: skip
+STEP_OPTIONS = ("seq_len", "batch", "phase")  # also decide an MoE model's weight bytes per step
+COST_GIVEN = ("weight_bits", "weight_format")  # refused: the allocation gives every projection its width
 
 
-@click.command(epilog=EPILOG)
+@click.command(cls=OneValueCommand, epilog=EPILOG)
 @click.option(
     "--model", "model_src", required=True, help="Local folder, FILE.gguf or hub id (hub only if reachable)."
 )
@@ -32,7 +49,31 @@ Examples:
 @click.option("--seqlen", type=int, default=2048, show_default=True, help="Tokens per calibration window.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of window sampling and rotations.")
 @click.option("--device", default="cpu", show_default=True, help="cpu or cuda.")
-@click.option("--budget", type=float, help="Average bits per weight (parameter-weighted), e.g. 2.2.")
+@click.option("--budget", help="Average bits per weight (parameter-weighted), e.g. 2.2.")
+@click.option(
+    "--min-tokens-per-s",
+    help="Budget: simulated tokens/s at least this (as `simulate --json` reports it); needs --hw.",
+)
+@click.option(
+    "--max-energy-per-token-mj",
+    help="Budget: simulated energy per token (energy_j x 1000 / tokens per step) at most this; needs --hw.",
+)
+@click.option(
+    "--max-weight-bytes",
+    help="Budget: bytes of the quantized projections' weights read per decode step, scales included.",
+)
+@hw_option(default=None)
+@click.option(
+    "--seq-len",
+    default="2048",
+    callback=positive_int,
+    show_default=True,
+    help="Simulated context length l (the calibration window is --seqlen).",
+)
+@batch_option
+@phase_option
+@backend_option("analytic", help="Simulator of a time or energy budget (as `simulate`).")
+@cost_options(act_kv_lists=False)
 @click.option("--candidates", default="2,3", show_default=True, help="Bit widths a layer may get.")
 @click.option("--solver", default="ilp", show_default=True, help="ilp (PuLP/CBC) or rank (reference §6.2).")
 @click.option(
@@ -43,6 +84,7 @@ Examples:
 )
 @click.option(
     "--cost",
+    "cost_kind",
     default="output",
     show_default=True,
     help="What the ILP minimises per layer: output (predicted error x the layer's measured gain to its "
@@ -91,11 +133,20 @@ def bits(
     seqlen: int,
     seed: int,
     device: str,
-    budget: float | None,
+    budget: str | None,
+    min_tokens_per_s: str | None,
+    max_energy_per_token_mj: str | None,
+    max_weight_bytes: str | None,
+    hw_spec: str | None,
+    seq_len: int,
+    batch: list[int],
+    phase: str,
+    backend: str,
+    cost: CostArgs,
     candidates: str,
     solver: str,
     mode: str,
-    cost: str,
+    cost_kind: str,
     output_windows: int,
     groupsize: int,
     bcq_rounds: int,
@@ -118,22 +169,44 @@ def bits(
     by its measured gain to the relative error of its decoder layer's output, which puts q/k/v/o and
     MLP layers in one currency that tracks perplexity. The ILP minimises the summed costs with the
     parameter-weighted average width <= --budget; --solver rank applies the reference's ranking/quantile
-    rule on S instead. The output JSON is read by `llm1bit quantize --bits-config`."""
+    rule on S instead. The output JSON is read by `llm1bit quantize --bits-config`.
+
+    Instead of --budget, a hardware budget: --min-tokens-per-s or --max-energy-per-token-mj (simulated with
+    --hw, --seq-len, --batch, --phase, --act-bits, --kv-bits, ... as `simulate` does) or --max-weight-bytes.
+    Each layer's cost at each width is what `simulate --quantized` charges it once `quantize` has stored it
+    (--mode, --groupsize); the chosen allocation is simulated whole, `predicted` in the output, and
+    `quantize --bits-config` then `simulate --quantized` reproduce it."""
+    from llm1bit.commands.options import one_float
     from llm1bit.format.bits_file import read_bits_file
     from llm1bit.quant.bits.allocation import SOLVERS, check_budget, parse_candidates
     from llm1bit.quant.bits.analysis import COSTS, analyse, model_tag, result_json
+    from llm1bit.quant.bits.hardware import AVERAGE_BITS, FLAGS, pick_budget
     from llm1bit.quant.device import check_device
     from llm1bit.quant.numerics.methods import QuantSpec
 
+    ctx = click.get_current_context()
+    given = {
+        name for name in (*HARDWARE_OPTIONS, *STEP_OPTIONS, *COST_GIVEN)
+        if ctx.get_parameter_source(name) is not click.core.ParameterSource.DEFAULT
+    }  # fmt: skip
+    texts = {
+        AVERAGE_BITS: budget,
+        "min_tokens_per_s": min_tokens_per_s,
+        "max_energy_per_token_mj": max_energy_per_token_mj,
+        "max_weight_bytes": max_weight_bytes,
+    }
+    chosen = pick_budget({k: None if t is None else one_float(FLAGS[k], t) for k, t in texts.items()})
+    target = _target(chosen, given, hw_spec, seq_len, batch, phase, backend, cost)
+    budget = chosen.value if chosen is not None and chosen.kind == AVERAGE_BITS else None
     cands = parse_candidates(candidates)
     if solver not in SOLVERS:
         from llm1bit.errors import unknown_choice
 
         raise unknown_choice("solver", solver, SOLVERS)
-    if cost not in COSTS:
+    if cost_kind not in COSTS:
         from llm1bit.errors import unknown_choice
 
-        raise unknown_choice("cost", cost, COSTS)
+        raise unknown_choice("cost", cost_kind, COSTS)
     if output_windows < 1:
         raise UserError(f"--output-windows {output_windows} must be >= 1")
     if budget is not None:
@@ -158,10 +231,14 @@ def bits(
         raise UserError("--only selects figures; give --figures DIR too")
     if "sal_fig7" in figures and budget is None:
         raise UserError("sal_fig7 draws the allocation: give --budget")
-    if budget is None and not record_errors and not figures:
+    if chosen is None and not record_errors and not figures:
         raise UserError("nothing to do: give --budget B (allocation), --record-errors and/or --figures DIR")
-    if output and budget is None:
-        raise UserError("-o writes an allocation: give --budget B")
+    if output and chosen is None:
+        raise UserError("-o writes an allocation: give --budget B (or a hardware budget)")
+    if chosen is not None and chosen.kind != AVERAGE_BITS and solver != "ilp":
+        raise UserError(
+            f"--solver {solver} takes --budget (average bits); a hardware budget is for --solver ilp"
+        )
     if fix_file and solver != "ilp":
         raise UserError("--fix pins layers for the integer program; use it with --solver ilp")
     pins = read_bits_file(fix_file)[0] if fix_file else None
@@ -186,6 +263,11 @@ def bits(
     t0 = time.perf_counter()
     model, tokenizer = load_model(model_src)
     check_seqlen(model, seqlen)
+    hardware = None
+    if chosen is not None and chosen.kind != AVERAGE_BITS:
+        from llm1bit.quant.bits.hardware import hardware_budget
+
+        hardware = hardware_budget(model, str(model_src), chosen, spec, cands, pins, target)
     windows = calibration_windows(calib, tokenizer, nsamples, seqlen, seed)
     load_seconds = time.perf_counter() - t0
     with console.status("criterion and errors") as status:
@@ -203,8 +285,9 @@ def bits(
             device=device,
             progress=lambda text: status.update(text),
             fit_size=fit_size,
-            cost=cost,
+            cost=cost_kind,
             output_windows=output_windows,
+            hardware=hardware,
         )
     result.timings["load_seconds"] = load_seconds
     settings = {
@@ -214,10 +297,11 @@ def bits(
         "seqlen": seqlen,
         "seed": seed,
         "candidates": list(cands),
-        "budget": budget,
+        "budget": None if chosen is None else chosen.to_dict(),
+        "target": None if target is None else target.to_dict(),
         "solver": solver,
-        "cost": cost,
-        "output_windows": min(output_windows, nsamples) if cost == "output" else None,
+        "cost": cost_kind,
+        "output_windows": min(output_windows, nsamples) if cost_kind == "output" else None,
         "method": "shiftaddllm",
         "mode": mode,
         "groupsize": groupsize,
@@ -230,11 +314,11 @@ def bits(
         "pinned": pins or {},
         "device": device,
     }
-    _print_summary(result, budget)
+    _print_summary(result, chosen)
     if output:
         from llm1bit.format.bits_file import write_bits_file
 
-        write_bits_file(output, result_json(result, budget, settings))
+        write_bits_file(output, result_json(result, chosen, settings))
         click.echo(f"wrote {output}")
     if figures:
         from llm1bit.figures.shiftaddllm import draw_figures
@@ -244,6 +328,48 @@ def bits(
         paths = draw_figures(figures, result, out, model_tag(model_src), settings)
         for path in paths:
             click.echo(f"wrote {path}")
+
+
+def _target(chosen, given: set[str], hw_spec, seq_len: int, batch: list[int], phase: str, backend: str, cost):
+    """The simulated point of a hardware budget (None for average bits), its options refused where they price
+    nothing: one value each, --hw required for time and energy."""
+    from llm1bit.commands.options import one_value
+
+    flags = {"hw_spec": "--hw", "seq_len": "--seq-len", "batch": "--batch", "phase": "--phase"}
+    if given & set(COST_GIVEN):
+        flag = "--weight-bits" if "weight_bits" in given else "--weight-format"
+        raise UserError(f"{flag}: the allocation gives every quantized projection its width; drop it")
+    if chosen is None or chosen.kind == "average_bits":
+        unused = sorted(given)
+    elif not chosen.hardware:  # weight bytes: the step's shape only
+        unused = sorted(given - set(STEP_OPTIONS))
+    else:
+        unused = []
+    if unused:
+        flag = flags.get(unused[0], "--" + unused[0].replace("_", "-"))
+        raise UserError(
+            f"{flag} prices a hardware budget: give --min-tokens-per-s or --max-energy-per-token-mj"
+            + (" (or --max-weight-bytes)" if unused[0] in STEP_OPTIONS else "")
+        )
+    if chosen is None or chosen.kind == "average_bits":
+        return None
+    if len(batch) > 1:
+        raise UserError(f"--batch {','.join(map(str, batch))}: takes one value here, not a list")
+    from llm1bit.budget_costs import Target
+
+    if not chosen.hardware:
+        return Target(None, seq_len, phase, batch[0])
+    if hw_spec is None:
+        raise UserError(f"{'--min-tokens-per-s' if chosen.kind == 'min_tokens_per_s' else '--max-energy-per-token-mj'}"
+                        " needs --hw (cloud, edge or a SCALE-Sim .cfg)")  # fmt: skip
+    from llm1bit.hardware import load_hardware
+
+    one_value("--hw", hw_spec)
+    one_value("--act-bits", cost.act_bits)
+    one_value("--kv-bits", cost.kv_bits)
+    (pricing,) = cost.pricings()
+    hw = load_hardware(hw_spec).with_clock(cost.freq_mhz, cost.dram_gbps)
+    return Target(hw, seq_len, phase, batch[0], pricing, backend)
 
 
 def _figure_names(only: str | None) -> tuple[str, ...]:
@@ -258,7 +384,7 @@ def _figure_names(only: str | None) -> tuple[str, ...]:
     return tuple(n for n in FIGURE_NAMES if n in names)
 
 
-def _print_summary(result, budget: float | None) -> None:
+def _print_summary(result, budget) -> None:
     layers = result.layers
     measured = sum(1 for layer in layers if layer.errors)
     t = result.timings
@@ -301,7 +427,8 @@ def _print_summary(result, budget: float | None) -> None:
         for b in alloc.bits.values():
             counts[b] = counts.get(b, 0) + 1
         mix = ", ".join(f"{counts[b]} at {b} bits" for b in sorted(counts))
+        predicted = "" if budget.kind == "average_bits" else f", predicted {budget.text(result.predicted)}"
         click.echo(
-            f"allocation ({alloc.solver}): average {alloc.average_bits:.4f} bits (budget {budget:g}), "
-            f"objective {alloc.objective:.6g}, {mix}, solved in {alloc.solve_seconds:.3f} s"
+            f"allocation ({alloc.solver}): average {alloc.average_bits:.4f} bits (budget {budget.text()}"
+            f"{predicted}), objective {alloc.objective:.6g}, {mix}, solved in {alloc.solve_seconds:.3f} s"
         )

@@ -6,6 +6,7 @@
     modern         fig13                       today's architectures vs the paper's simplified shapes
     weight_widths  fig14, fig15                speedup / energy saving against weight bits; energy breakdown
     quality        fig16                       perplexity of quantized folders against their speedup / saving
+    hw_budgets     fig17                       perplexity against tokens/s and mJ/token: bits chosen for the hardware
 
 Drawn by their commands instead: `pareto` (`llm1bit explore --plot`) and `shiftaddllm` (`llm1bit bits --figures`:
 sal_fig4, sal_fig5, sal_fig7).
@@ -18,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from llm1bit.figures import amdahl_curves, dataflows, heatmaps, modern, quality, weight_widths
+from llm1bit.figures import amdahl_curves, dataflows, heatmaps, hw_budgets, modern, quality, weight_widths
 from llm1bit.figures.common import FigureSpec, Settings, simulate
 
 FIGURES: dict[str, FigureSpec] = {
@@ -31,13 +32,14 @@ FIGURES: dict[str, FigureSpec] = {
             *modern.FIGURES,
             *weight_widths.FIGURES,
             *quality.FIGURES,
+            *hw_budgets.FIGURES,
         ),
         key=lambda f: f.name,
     )
 }
 
 # Figures drawn from artefacts the user supplies (`--results DIR`), not part of the default set.
-NEEDS_RESULTS = ("fig16",)
+NEEDS_RESULTS = ("fig16", "fig17")
 
 __all__ = ["FIGURES", "NEEDS_RESULTS", "FigureSpec", "Settings", "make_figures"]
 

@@ -220,10 +220,10 @@ def fig7(result, out: Path, tag: str, settings: dict) -> list[Path]:
     ax.set_xticks(range(len(blocks)), [str(b) for b in blocks], fontsize=6)
     ax.set_xlabel("decoder block")
     fig.colorbar(im, ax=ax, ticks=widths, label="bits")
-    title = (
-        f"{tag}: {alloc.solver} allocation, {alloc.average_bits:.4f} avg bits "
-        f"(budget {settings.get('budget', '')})"
-    )
+    budget = settings.get("budget", "")
+    if isinstance(budget, dict):  # {kind, value}; sal_fig7 is drawn for average-bits budgets
+        budget = f"{budget.get('value', '')}" if budget.get("kind") == "average_bits" else f"{budget}"
+    title = f"{tag}: {alloc.solver} allocation, {alloc.average_bits:.4f} avg bits (budget {budget})"
     ax.set_title(title, fontsize=9)
     rows = [
         {

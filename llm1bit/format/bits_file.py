@@ -13,9 +13,12 @@ from pathlib import Path
 from llm1bit.errors import UserError
 
 # The top-level keys of a bits file: what `llm1bit bits` writes. Only `layers` and `settings.mode` decide
-# numbers when it is read; any other key is a typo the simulation would silently ignore.
+# numbers when it is read; any other key is a typo the simulation would silently ignore. `budget` is
+# {"kind": ..., "value": ...} (average_bits, min_tokens_per_s, max_energy_per_token_mj, max_weight_bytes; files
+# written before hardware budgets hold the average-bits number alone) and `predicted` the allocation's value in
+# the budget's unit.
 BITS_FILE_KEYS = (
-    "layers", "average_bits", "budget", "objective", "solver", "solve_seconds", "settings", "error", "fits",
+    "layers", "average_bits", "budget", "predicted", "objective", "solver", "solve_seconds", "settings", "error", "fits",
     "kendall_tau", "kendall_tau_per_param", "kendall_tau_refined", "kendall_tau_refined_held_out",
     "sublayers", "fallback", "timings",
 )  # fmt: skip
@@ -35,6 +38,9 @@ def read_bits_file(path: str | Path) -> tuple[dict[str, object], str | None]:
             f'bits config {path}: "mode" belongs in "settings" ({{"settings": {{"mode": "lat"}}}})'
         )
     check_keys(data, BITS_FILE_KEYS, f"bits config {path}")
+    budget = data.get("budget")
+    if isinstance(budget, dict):
+        check_keys(budget, ("kind", "value"), f"bits config {path}: budget")
     settings = data.get("settings", {})
     if not isinstance(settings, dict):
         raise UserError(f"bits config {path}: settings must be an object")

@@ -58,7 +58,8 @@ def test_allocation_json(recorded) -> None:
     _, alloc, output = recorded
     data = json.loads(alloc.read_text())
     assert len(data["layers"]) == 35 and set(data["layers"].values()) <= {2, 3}
-    assert data["solver"] == "ilp" and data["budget"] == 2.2
+    assert data["solver"] == "ilp" and data["budget"] == {"kind": "average_bits", "value": 2.2}
+    assert data["predicted"] == data["average_bits"]
     assert data["average_bits"] <= 2.2 and data["average_bits"] > 2.0
     assert data["solve_seconds"] >= 0
     settings = data["settings"]

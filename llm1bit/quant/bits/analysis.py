@@ -25,6 +25,7 @@ class BitsResult:
     taus_held_out: dict | None = None  # the same with each block predicted by a fit to the other blocks
     gains: list | None = None  # per layer: reparameterization error -> relative output error (cost output)
     timings: dict = field(default_factory=dict)
+    predicted: float | None = None  # the allocation's value in its budget's unit (hardware: simulated whole)
 
 
 def analyse(
@@ -43,6 +44,7 @@ def analyse(
     fit_size: bool = True,
     cost: str = "output",
     output_windows: int | None = 16,
+    hardware=None,
 ) -> BitsResult:
     """Criterion + measured errors (FP model), per-width fits, allocation, Kendall tau.
 
@@ -52,7 +54,10 @@ def analyse(
     Mixture-of-experts layers: every expert slice is its own layer (criterion and errors from its routed
     tokens); slices on the pipeline's identity-Hessian fallback (too few routed tokens) are measured as the
     pipeline quantizes them but left out of the fits and Kendall taus, and are predicted like unmeasured
-    layers from their (routed-Hessian) criterion."""
+    layers from their (routed-Hessian) criterion.
+
+    `hardware` (a `quant.bits.hardware.HardwareBudget`) replaces the average-bits budget: the ILP then bounds the
+    simulated time, energy or weight bytes, and `predicted` is the allocation's simulated value."""
     from llm1bit.quant.bits.allocation import (
         allocate,
         check_pins,
@@ -103,8 +108,11 @@ def analyse(
         pins,
         result.gains,
     )
-    if budget is not None:
+    if hardware is not None:
+        result.allocation, result.predicted = hardware.allocate(result.costs)
+    elif budget is not None:
         result.allocation = allocate(result.costs, budget, candidates, solver)
+        result.predicted = result.allocation.average_bits
     if record_errors:
         result.taus = kendall_taus(fitted)
         result.taus_per_param = kendall_taus(fitted, per_param=True)
@@ -135,15 +143,27 @@ def analyse(
     return result
 
 
-def result_json(result: BitsResult, budget: float | None, settings: dict) -> dict:
-    """The output file: the bits config `quantize --bits-config` reads, plus how it was obtained."""
+def result_json(result: BitsResult, budget, settings: dict) -> dict:
+    """The output file: the bits config `quantize --bits-config` reads, plus how it was obtained.
+
+    `budget` is a `quant.bits.hardware.Budget` or a number (average bits); the file's `budget` is {kind, value}
+    and `predicted` the allocation's value in that unit (tokens_per_s as `simulate --json` reports it, energy per
+    token in mJ, weight bytes per step, or average bits)."""
+    from llm1bit.quant.bits.hardware import AVERAGE_BITS, Budget
+
+    if budget is not None and not isinstance(budget, Budget):
+        budget = Budget(AVERAGE_BITS, float(budget))
     alloc = result.allocation
     out: dict[str, Any] = {}
     if alloc is not None:
+        predicted = result.predicted
+        if predicted is None and budget is not None and budget.kind == AVERAGE_BITS:
+            predicted = alloc.average_bits
         out.update(
             layers=alloc.bits,
             average_bits=alloc.average_bits,
-            budget=budget,
+            budget=None if budget is None else budget.to_dict(),
+            predicted=predicted,
             objective=alloc.objective,
             solver=alloc.solver,
             solve_seconds=alloc.solve_seconds,
