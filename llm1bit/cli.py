@@ -22,6 +22,7 @@ COMMANDS: dict[str, str] = {
     "figures": "llm1bit.commands.figures:figures",
     "quantize": "llm1bit.commands.quantize:quantize",
     "eval": "llm1bit.commands.evaluate:evaluate",
+    "bench": "llm1bit.commands.bench:bench",
     "bits": "llm1bit.commands.bits:bits",
     "explore": "llm1bit.commands.explore:explore",
     "cache": "llm1bit.commands.cache:cache",

@@ -1,8 +1,12 @@
 """Time the LUT kernel (llm1bit.quant.hf.kernel) against torch F.linear and today's dense-rebuild QuantLinear.
 
+`llm1bit bench --gemv NxK --wbits B` is the command that reports these numbers (batch 1); this script adds
+batch sizes (`--batch 1,16,64`), bcq layers and the raw per-method rows, for studying the kernel itself.
+
     flock /tmp/llm1bit-bench.lock .venv/bin/python scripts/bench_gemv.py                      # 4096 -> 11008, 3 bits lat g128
     flock /tmp/llm1bit-bench.lock .venv/bin/python scripts/bench_gemv.py --bits 2 --json out.json
     flock /tmp/llm1bit-bench.lock .venv/bin/python scripts/bench_gemv.py --mode acc --batch 1,4,16,64
+    flock /tmp/llm1bit-bench.lock .venv/bin/python scripts/bench_gemv.py --batch 16,32,64,128 --rebuild --dense-calls 0
 
 What is timed, side by side in one run, each call on a different weight set (rotated, so a layer is never
 served from the last-level cache; the sets of each method together span at least 2x the LLC and at least
@@ -10,6 +14,8 @@ served from the last-level cache; the sets of each method together span at least
 * lut       `lut_linear` on the kernel layout (`prepare` of packed tensors in the real format: random code
             bytes, random one-byte power-of-two scale terms encoded by `packing.encode_terms`)
 * bf16 / fp32   torch `F.linear` on contiguous [N, K] weights of that dtype
+* rebuild-bf16 / rebuild-fp32   (--rebuild) W rebuilt in C from the kernel's layout (`dense_weight`) and one
+            `F.linear` in that dtype: QuantLinear's path under auto for calls of many rows
 * dense     `QuantLinear.forward` with LLM1BIT_KERNEL=dense (rebuilds W from the packed tensors each call)
 plus the streaming-read bandwidth over a fp32 buffer much larger than the LLC, with the same thread count: torch's
 sum, and a plain AVX-512 reader in the kernel's library (`llm1bit_stream_read`; torch's two-thread sum is erratic
@@ -24,60 +30,6 @@ import platform
 import statistics
 import time
 from pathlib import Path
-
-
-def llc_bytes() -> int:
-    """Size of the largest CPU cache (sysfs), else 32 MiB."""
-    best = 0
-    for index in Path("/sys/devices/system/cpu/cpu0/cache").glob("index*"):
-        try:
-            text = (index / "size").read_text().strip()
-        except OSError:
-            continue
-        unit = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
-        best = max(best, int(text.rstrip("KMG")) * unit)
-    return best or 32 << 20
-
-
-def packed_layer(n: int, k: int, q: int, mode: str, groupsize: int, seed: int):
-    """(tensors, meta) as `packing.pack` stores them, with random codes and scales."""
-    import torch
-
-    from llm1bit.quant.hf.packing import encode_terms
-    from llm1bit.quant.numerics.incoherence import rotation_key, rotations
-
-    gen = torch.Generator().manual_seed(seed)
-    if mode == "lat":
-        col_block, row_block = 8, (-(-n // 8) if groupsize <= 0 else groupsize // 8)
-    else:
-        col_block, row_block = 1, (n if groupsize <= 0 else groupsize)
-    shape = (-(-k // col_block), -(-n // row_block), q)
-    tensors = {"codes": torch.randint(0, 256, (q, n, -(-k // 8)), generator=gen, dtype=torch.uint8)}
-    meta = {
-        "format": "binary-pot",
-        "bits": q,
-        "shape": [n, k],
-        "col_block": col_block,
-        "row_block": row_block,
-    }
-    if mode == "bcq":
-        tensors["scales"] = torch.rand(shape, generator=gen) * 0.01
-        meta["format"] = "binary"
-    else:
-        signs = torch.randint(-1, 2, (*shape, 3), generator=gen).to(torch.int8)
-        signs[..., 0] = 1
-        exps = torch.randint(-12, -3, (*shape, 3), generator=gen).to(torch.int8)
-        tensors["scale_terms"] = encode_terms(signs, exps)
-        meta["apot_terms"] = 3
-    if mode == "acc":
-        key = rotation_key(seed, "bench")
-        checksum = rotations(key, n, k).checksum
-        tensors["incoherence_rescale"] = torch.rand(k, generator=gen) + 0.5
-        tensors["incoherence_key"] = torch.tensor([w - (1 << 64) if w >= 1 << 63 else w for w in key])
-        tensors["incoherence_sha256"] = torch.tensor(list(bytes.fromhex(checksum)), dtype=torch.uint8)
-        meta["rotation_version"] = 2
-        meta["rotation_sha256"] = checksum
-    return tensors, meta
 
 
 def median_ms(times: list[float]) -> float:
@@ -97,13 +49,19 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--dense-calls", type=int, default=1, help="dense-rebuild calls per round (0: skip)")
     ap.add_argument("--no-torch", action="store_true", help="skip the F.linear baselines")
+    ap.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="also time W rebuilt from the layout (C) + one bf16 / fp32 matmul",
+    )
     ap.add_argument("--json", type=Path, help="write the results here")
     args = ap.parse_args()
 
     import torch
     import torch.nn.functional as F
 
-    from llm1bit.quant.hf.kernel import build, lut_linear, prepare
+    from llm1bit.quant.eval.speed import llc_bytes, packed_layer
+    from llm1bit.quant.hf.kernel import build, dense_weight, lut_linear, prepare
     from llm1bit.quant.hf.linear import QuantLinear
 
     torch.set_num_threads(args.threads)
@@ -183,6 +141,20 @@ def main() -> None:
                 "kind": "lut",
                 "bits": q,
             }
+            if args.rebuild:  # what auto does for many rows: W rebuilt in C from the layout, one matmul
+                for dtype, tag in ((torch.bfloat16, "bf16"), (torch.float32, "fp32")):
+                    xd = x.to(dtype)
+
+                    def rebuild_call(p, x=xd, dtype=dtype):
+                        F.linear(x, dense_weight(p, dtype, args.threads))
+
+                    methods[f"rebuild-{tag} q{q} b{m}"] = {
+                        "calls": [(rebuild_call, (p,)) for p in prepared[:8]],
+                        "bytes": nbytes,
+                        "batch": m,
+                        "kind": f"rebuild-{tag}",
+                        "bits": q,
+                    }
             if args.dense_calls:
 
                 def dense_call(layer, x=x):

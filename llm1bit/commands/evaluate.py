@@ -72,8 +72,17 @@ def default_data() -> Path:
     "--cache-weights/--lean",
     default=True,
     show_default=True,
-    help="Quantized models: rebuild each linear's dense weight once and keep it (fast; the memory of the FP "
-    "linears), or --lean: keep only the packed codes and rebuild each weight in every forward.",
+    help="Only for quantized layers the LUT kernel does not serve (rtn / gptq codes, a GPU, --kernel dense): "
+    "rebuild each dense weight once and keep it (fast; the memory of the FP linears), or --lean: keep only "
+    "the packed codes and rebuild each weight in every forward. Layers the kernel serves (shiftaddllm, bcq on "
+    "the CPU) keep only their codes either way (windows of many tokens: W rebuilt in C for the call).",
+)
+@click.option(
+    "--kernel",
+    type=click.Choice(["auto", "lut", "dense"]),
+    help="Path of binary-coded layers: auto (the LUT kernel where it applies and is faster), lut (the kernel, "
+    "or a one-line error naming a layer it cannot serve), dense (rebuild W) [LLM1BIT_KERNEL, else auto]; "
+    "wins over LLM1BIT_KERNEL.",
 )
 @click.pass_context
 def evaluate(
@@ -90,6 +99,7 @@ def evaluate(
     batch_size: int,
     bootstrap_iters: int,
     cache_weights: bool,
+    kernel: str | None,
 ) -> None:
     """Perplexity over non-overlapping windows: exp(mean over windows of the mean next-token loss).
 
@@ -119,15 +129,18 @@ def evaluate(
             device,
             as_json,
             cache_weights,
+            kernel,
         )
     if given & set(zeroshot_only):
         flags = ", ".join("--" + n.replace("_", "-") for n in zeroshot_only if n in given)
         raise UserError(f"{flags}: only used with --tasks")
 
+    from llm1bit.progress import progress_bar
     from llm1bit.quant.calib import tokenize_file
     from llm1bit.quant.device import check_device
-    from llm1bit.quant.eval.perplexity import perplexity
-    from llm1bit.quant.hf.linear import set_weight_cache
+    from llm1bit.quant.eval.perplexity import perplexity, window_count
+    from llm1bit.quant.hf.kernel import use_kernel
+    from llm1bit.quant.hf.linear import require_lut_model, set_weight_cache
     from llm1bit.quant.hf.loading import check_seqlen, load_model
 
     data_path = Path(data) if data else default_data()
@@ -140,7 +153,14 @@ def evaluate(
     set_weight_cache(model, cache_weights)
     check_seqlen(model, seqlen)
     ids = tokenize_file(data_path, tokenizer)
-    result = perplexity(model.to(device), ids, seqlen, max_windows=max_windows, device=device)
+    windows = window_count(ids.numel(), seqlen, max_windows)
+    with progress_bar("windows", rate_text=lambda speed, _: f"{speed * seqlen:,.0f} tokens/s") as bar:
+        task = bar.add_task("perplexity", total=windows)
+        with use_kernel(kernel):
+            model = model.to(device)
+            if kernel == "lut":
+                require_lut_model(model)
+            result = perplexity(model, ids, seqlen, max_windows, device, on_window=lambda: bar.advance(task))
     if as_json:
         out = {"model": str(model_src), "data": str(data_path), **result.to_dict()}
         click.echo(
@@ -163,13 +183,15 @@ def _zeroshot(
     device: str,
     as_json: bool,
     cache_weights: bool,
+    kernel: str | None = None,
 ) -> None:
     from rich.console import Console
 
     from llm1bit.format.folder import is_quantized_folder
     from llm1bit.quant.device import check_device
     from llm1bit.quant.eval.zeroshot import SEEDS, import_lm_eval, load_tasks, results_table, run_tasks
-    from llm1bit.quant.hf.linear import set_weight_cache
+    from llm1bit.quant.hf.kernel import use_kernel
+    from llm1bit.quant.hf.linear import require_lut_model, set_weight_cache
     from llm1bit.quant.hf.loading import check_model_source, load_model
 
     check_model_source(model_src)  # a missing model is reported before any task data is looked for
@@ -191,17 +213,21 @@ def _zeroshot(
     with console.status(f"loading {model_src}"):
         model, tokenizer = load_model(model_src)
     set_weight_cache(model, cache_weights)
-    result = run_tasks(
-        model.to(device),
-        tokenizer,
-        specs,
-        include_paths=list(include_paths),
-        limit=limit,
-        batch_size=batch_size,
-        bootstrap_iters=bootstrap_iters,
-        console=None if as_json else console,
-        loaded=loaded,
-    )
+    model = model.to(device)
+    with use_kernel(kernel):
+        if kernel == "lut":
+            require_lut_model(model)
+        result = run_tasks(
+            model,
+            tokenizer,
+            specs,
+            include_paths=list(include_paths),
+            limit=limit,
+            batch_size=batch_size,
+            bootstrap_iters=bootstrap_iters,
+            console=None if as_json else console,
+            loaded=loaded,
+        )
     if as_json:
         out = {
             "model": str(model_src),

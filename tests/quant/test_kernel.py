@@ -241,9 +241,11 @@ def test_forward_modes(monkeypatch) -> None:
         assert float((y.double() - ref).abs().max()) <= TOL * float(ref.abs().max())
     monkeypatch.setenv("LLM1BIT_KERNEL", "auto")
     big = torch.randn(1000, 64)
-    assert forward(layer, big) is not None  # rebuilding W costs more than the kernel at any batch size
+    assert (
+        forward(layer, big) is not None
+    )  # many rows: W rebuilt in C for one matmul, never the Python rebuild
     layer.set_cache(True)
-    assert forward(layer, big) is None  # many rows and a cached dense weight: the matmul is faster
+    assert forward(layer, big) is not None and layer._weight is None  # the weight cache does not apply here
     assert forward(layer, x) is not None
     monkeypatch.setenv("LLM1BIT_KERNEL", "lut")
     assert forward(layer, big) is not None
@@ -380,3 +382,87 @@ def test_perplexity_kernel_equals_dense(tmp_path, monkeypatch, one_thread) -> No
             results[spec.mode, kernel] = perplexity(reloaded, evals, seqlen=128, max_windows=4).perplexity
         dense, lut = results[spec.mode, "dense"], results[spec.mode, "lut"]
         assert abs(lut - dense) <= 1e-3 * dense, (spec.mode, dense, lut)
+
+
+# ---------------------------------------------------------------- codes held once, large batches
+
+
+@pytest.mark.parametrize(("mode", "n", "k", "q", "groupsize"), [("lat", 173, 77, 3, 128), ("bcq", 37, 45, 2, -1),
+                                                                ("acc", 64, 172, 4, 128), ("lat", 1, 1, 1, -1)])  # fmt: skip
+def test_packed_codes_give_the_packed_tensor_back(mode: str, n: int, k: int, q: int, groupsize: int) -> None:
+    from llm1bit.quant.hf.kernel import packed_codes
+
+    tensors, meta = pack(random_weight(mode, n, k, q, groupsize), q)
+    assert np.array_equal(packed_codes(prepare(tensors, meta)), tensors["codes"].numpy())
+
+
+def test_a_served_layer_holds_its_codes_once(monkeypatch) -> None:
+    """The kernel's layout keeps the codes; the buffer is released and rebuilt bit for bit for state_dict,
+    `quantized`, the dense path and a reload; loading new codes replaces the layout."""
+    from llm1bit.quant.hf.kernel import forward, prepared_for
+
+    monkeypatch.setenv("LLM1BIT_KERNEL", "auto")
+    layer, quantized = quant_linear("lat", bias=False)
+    codes = layer.codes.clone()
+    x = torch.randn(2, 64)
+    ref = x.double() @ quantized.dequantize().double().T
+    y = forward(layer, x)
+    assert layer.codes_released and layer._buffers["codes"] is None
+    assert "codes" not in dict(layer.named_buffers())
+    assert torch.equal(layer.state_dict()["codes"], codes)
+    assert torch.equal(layer.packed_tensors()["codes"], codes)
+    assert torch.equal(layer.quantized.codes.codes, quantized.codes.codes)
+    monkeypatch.setenv("LLM1BIT_KERNEL", "dense")
+    assert torch.allclose(layer(x).double(), ref, atol=1e-5 * float(ref.abs().max()))
+    monkeypatch.setenv("LLM1BIT_KERNEL", "auto")
+    first = prepared_for(layer)
+    layer.to(torch.bfloat16)  # a dtype cast on the CPU keeps the codes with the layout
+    assert layer.codes_released and prepared_for(layer) is first
+    layer.to(torch.float32)
+    from llm1bit.quant.hf.linear import QuantLinear
+
+    other_q = random_weight("lat", 172, 64, 3, 128, seed=1)
+    other = QuantLinear(other_q, None)
+    assert not torch.equal(other.codes, codes)
+    layer.load_state_dict(other.state_dict())
+    assert not layer.codes_released and torch.equal(layer.codes, other.codes)
+    ref = x.double() @ other_q.dequantize().double().T
+    y = forward(layer, x)
+    assert float((y.double() - ref).abs().max()) <= TOL * float(ref.abs().max())
+    assert layer.codes_released
+
+
+@pytest.mark.parametrize("mode", ["lat", "bcq"])
+def test_dense_weight_equals_dequantize(mode: str) -> None:
+    from llm1bit.quant.hf.kernel import dense_weight
+
+    weight = random_weight(mode, 173, 77, 3, 128)
+    ref = weight.dequantize().double()
+    w = dense_weight(prepare(*pack(weight, 3)), torch.float32, threads=2)
+    assert w.shape == (173, 77)
+    assert float((w.double() - ref).abs().max()) <= TOL * float(ref.abs().max())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_many_rows_take_a_dense_matmul_and_stay_right(monkeypatch, dtype) -> None:
+    """auto: more than 256 rows (64 in bf16) go through one matmul on W rebuilt from the layout; lut keeps the
+    kernel; both agree with the float64 reference (bf16: to bf16 rounding)."""
+    from llm1bit.quant.hf.kernel import gemv
+
+    layer, quantized = quant_linear("lat")
+    x = torch.randn(300, 64, generator=torch.Generator().manual_seed(3))
+    ref = x.double() @ quantized.dequantize().double().T + layer.bias.double()
+    calls = []
+    real = gemv.dense_weight
+    monkeypatch.setattr(gemv, "dense_weight", lambda *a, **k: calls.append(1) or real(*a, **k))
+    tol = TOL if dtype == torch.float32 else 2e-2
+    for mode, dense_calls in (("auto", 1), ("lut", 0)):
+        calls.clear()
+        monkeypatch.setenv("LLM1BIT_KERNEL", mode)
+        y = gemv.forward(layer, x.to(dtype))
+        assert len(calls) == dense_calls and y.dtype == dtype
+        assert float((y.double() - ref).abs().max()) <= tol * float(ref.abs().max())
+    calls.clear()
+    monkeypatch.setenv("LLM1BIT_KERNEL", "auto")
+    gemv.forward(layer, x[:64].to(dtype))
+    assert not calls  # up to 64 rows: the kernel, in either dtype

@@ -7,10 +7,14 @@ forward rebuilds the dense weight (`packing.unpack(...).dequantize()`, the one d
 solver), uses it and drops it: resident memory is the packed bytes plus one layer's dense weight while it
 computes. `set_weight_cache(model, True)` keeps the dense weights for speed instead, at the memory of
 the original layers. Binary-coded layers (shiftaddllm, bcq) on the CPU skip all that: `forward` hands
-them to the LUT kernel (`llm1bit.quant.hf.kernel`), which reads the packed planes directly."""
+them to the LUT kernel (`llm1bit.quant.hf.kernel`), which reads the packed planes directly, in its own
+order. Such a layer then holds its codes once: the kernel's layout keeps them and the `codes` buffer is
+released (`release_codes`), rebuilt bit for bit from the layout when something asks for it (`state_dict`,
+`packed_tensors`, the dense path, a move to another device), never kept twice."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -65,6 +69,7 @@ class QuantLinear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
         self.cache_weight = False
         self._weight: torch.Tensor | None = None
+        self._codes_source: Callable[[], torch.Tensor] | None = None  # set while `codes` is released
 
     @classmethod
     def shell(cls, meta: dict[str, Any], bias: bool, dtype: torch.dtype, device: str = "meta") -> QuantLinear:
@@ -85,7 +90,51 @@ class QuantLinear(nn.Module):
         return layer
 
     def packed_tensors(self) -> dict[str, torch.Tensor]:
-        return {key: getattr(self, key) for key in self.packed_names}
+        """The packed tensors as stored; a released `codes` is rebuilt (a new tensor, not kept)."""
+        out = {}
+        for key in self.packed_names:
+            tensor = self._buffers.get(key)
+            if tensor is None and key == "codes" and self._codes_source is not None:
+                tensor = self._codes_source()
+            out[key] = tensor
+        return out
+
+    @property
+    def codes_released(self) -> bool:
+        return self._codes_source is not None
+
+    def release_codes(self, source: Callable[[], torch.Tensor]) -> None:
+        """Drop the `codes` buffer, whose bits another holder (the kernel's layout) keeps; `source()` rebuilds
+        it. Why: a layer the kernel serves must not hold its codes twice."""
+        if "codes" in self._buffers and self._buffers["codes"] is not None:
+            self._buffers["codes"] = None
+            self._codes_source = source
+            # the loaders' tensors are views of the file, mapped into memory: the pages of the released codes
+            # stay resident while any view of the mapping lives, so the few small tensors kept get their own
+            with torch.inference_mode(False):  # ordinary tensors (version counters), even when called inside
+                for key in self.packed_names:
+                    tensor = self._buffers.get(key)
+                    if tensor is not None and tensor.device.type == "cpu":
+                        self._buffers[key] = tensor.clone()
+
+    def restore_codes(self) -> None:
+        """Put the `codes` buffer back (from its holder) and forget the holder's layout."""
+        if self._codes_source is not None:
+            self._buffers["codes"] = self._codes_source()
+            self._codes_source = None
+        from llm1bit.quant.hf.kernel.gemv import drop_prepared
+
+        drop_prepared(self)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        if self._codes_source is not None:
+            destination[prefix + "codes"] = self._codes_source()
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if self._codes_source is not None:
+            self.restore_codes()
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     @property
     def quantized(self) -> QuantizedWeight:
@@ -122,8 +171,11 @@ class QuantLinear(nn.Module):
 
     def _apply(self, fn, recurse=True):
         """`.to(device)` moves the packed tensors; a dtype cast (`.half()`, `.to(torch.bfloat16)`) changes
-        only the compute dtype and the bias: scales stay float32, as stored, so the weights stay exact."""
-        packed = {key: getattr(self, key) for key in self.packed_names}
+        only the compute dtype and the bias: scales stay float32, as stored, so the weights stay exact.
+        Released codes stay with the kernel's layout unless the layer leaves the CPU."""
+        if self._codes_source is not None and fn(torch.empty(0, dtype=torch.uint8)).device.type != "cpu":
+            self.restore_codes()
+        packed = {key: self._buffers[key] for key in self.packed_names if self._buffers.get(key) is not None}
         super()._apply(fn, recurse)
         for key, before in packed.items():
             after = getattr(self, key)

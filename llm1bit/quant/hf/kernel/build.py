@@ -146,6 +146,14 @@ def _load() -> Library:
         ctypes.c_int,
         ctypes.c_int,
     ]
+    lib.llm1bit_lut_dequant.restype = ctypes.c_int
+    lib.llm1bit_lut_dequant.argtypes = [
+        ctypes.POINTER(LutLayer),
+        ctypes.c_void_p,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+    ]
     lib.llm1bit_hadamard.restype = ctypes.c_int
     lib.llm1bit_hadamard.argtypes = [
         ctypes.c_void_p,

@@ -1,14 +1,21 @@
 """y = x W^T + b for a binary-coded `QuantLinear` (`layer` below; this module never imports it), computed
 by the LUT kernel from its packed tensors.
 
-`LLM1BIT_KERNEL` picks the path of every binary-coded layer's forward:
+`LLM1BIT_KERNEL` (or `use_kernel`, which `--kernel` of `eval` and `bench` sets, and which wins) picks the path
+of every binary-coded layer's forward:
   auto  (default) the kernel where it applies (CPU tensors, shiftaddllm / bcq codes, no autograd), the dense
-        path elsewhere; also the dense path for calls of more than `AUTO_MAX_TOKENS` rows (16 in bf16 / fp16)
-        on a layer whose dense weight cache is on (`set_weight_cache`): there a cached matmul beats the
-        kernel, whose time grows with the rows, while rebuilding W (seconds for 4096 x 11008) never pays
+        path elsewhere. Calls of more than `AUTO_MAX_TOKENS` rows (`AUTO_MAX_TOKENS_HALF` in bf16 / fp16:
+        prefill, perplexity windows) take one dense matmul instead, where it is faster: the kernel's time grows with the rows (per
+        row it reads tables, not weights), a matmul's hardly does. Its W is rebuilt for the call by the C
+        library from the kernel's layout (`dense_weight`: tens of ms for 4096 x 11008, not the seconds of the
+        Python rebuild) and dropped after: a layer the kernel serves never keeps a dense weight, whatever its
+        weight cache (`set_weight_cache`, which now applies to the layers the kernel does not serve).
   lut   the kernel for every such call; a layer or CPU it cannot serve is a one-line error (`KernelRefused`)
   dense the dense rebuild (`QuantLinear`'s original forward)
 `LLM1BIT_KERNEL_ISA=avx2` forces the AVX2 code on an AVX-512 CPU (tests, comparisons).
+
+A layer the kernel has served keeps its codes only in the kernel's layout (`prepared_for` releases the
+`codes` buffer of the `QuantLinear`; it is rebuilt from the layout when asked for).
 
 Acc incoherence (`llm1bit.quant.numerics.incoherence`): the stored weight is Q = U (W diag(s)) V^T, so
 W x = U^T Q V (x / s): the activations are divided by s and rotated by V, the kernel applies Q, and its
@@ -16,24 +23,28 @@ output is rotated by U^T, all in float64 around the fp32 kernel; W itself is nev
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import ctypes
 import os
+from collections.abc import Iterator
 
 import numpy as np
 import torch
 
 from llm1bit.errors import UserError, unknown_choice
 from llm1bit.quant.hf.kernel import build
-from llm1bit.quant.hf.kernel.layout import Prepared, Rotation, prepare
+from llm1bit.quant.hf.kernel.layout import Prepared, Rotation, packed_codes, prepare
 
 KERNEL_MODES = ("auto", "lut", "dense")
 ISAS = {"avx2": 1, "avx512": 2}
-# auto, layers with the dense weight cache on: calls of more rows (tokens) than this take the cached matmul.
-# Per token the kernel costs about the same at any batch size; measured at 4096 -> 11008, 3 bits, 2 threads
-# (scripts/bench_gemv.py --batch 1,4,16,64,256): a cached bf16 matmul (AMX / AVX512-BF16) catches up at about
-# 16 rows, a cached fp32 one between 64 and 256.
-AUTO_MAX_TOKENS = 64
-AUTO_MAX_TOKENS_HALF = 16  # bf16 / fp16 compute dtype
+# auto: calls of more rows (tokens) than this take one dense matmul on W rebuilt in C (`dense_weight`). Per row
+# the kernel costs about the same at any batch size (4096 x 11008, 3 bits, 2 threads: ~0.5 ms a row, 63 ms at
+# 128 rows); the rebuild costs ~25-45 ms once, a bf16 matmul (AMX / AVX512-BF16) 11 ms at 128 rows, an fp32
+# one 47 ms (scripts/bench_gemv.py --batch 16,32,64,128,256 --rebuild): bf16 pays off above ~64 rows, fp32
+# above ~256. Below these the kernel is the faster path, which is what batch 2-16 (and decode) get.
+AUTO_MAX_TOKENS = 256
+AUTO_MAX_TOKENS_HALF = 64  # bf16 / fp16 inputs
 # below this many weight bits x rows, one thread: waking a helper costs ~20 us in a VM (measured: 1536 x 1536
 # x 3 bits is break-even, 1536 -> 8960 gains 1.4x with 2 threads on a busy 2-core machine)
 THREAD_MIN_WORK = 12_000_000
@@ -41,15 +52,43 @@ BINARY_FORMATS = ("binary", "binary-pot")
 _ATTR = "_lut_prepared"
 
 
+_FORCED: contextvars.ContextVar[str | None] = contextvars.ContextVar("llm1bit_kernel", default=None)
+
+
 class KernelRefused(UserError, ValueError):
     """LLM1BIT_KERNEL=lut on a layer or machine the kernel cannot serve (one line, names the layer and why)."""
 
 
 def kernel_mode() -> str:
+    """auto, lut or dense: `use_kernel`'s mode where one is active (a command's --kernel), else LLM1BIT_KERNEL."""
+    forced = _FORCED.get()
+    if forced is not None:
+        return forced
     mode = os.environ.get("LLM1BIT_KERNEL", "auto").strip().lower() or "auto"
     if mode not in KERNEL_MODES:
         raise unknown_choice("LLM1BIT_KERNEL", mode, KERNEL_MODES)
     return mode
+
+
+def mode_source() -> str:
+    """How the mode was chosen, for refusals: '--kernel lut' or 'LLM1BIT_KERNEL=lut'."""
+    forced = _FORCED.get()
+    return f"--kernel {forced}" if forced is not None else f"LLM1BIT_KERNEL={kernel_mode()}"
+
+
+@contextlib.contextmanager
+def use_kernel(mode: str | None) -> Iterator[None]:
+    """Force `mode` (auto|lut|dense) inside the block, over LLM1BIT_KERNEL (a command's --kernel); None: no-op."""
+    if mode is None:
+        yield
+        return
+    if mode not in KERNEL_MODES:
+        raise unknown_choice("--kernel", mode, KERNEL_MODES)
+    token = _FORCED.set(mode)
+    try:
+        yield
+    finally:
+        _FORCED.reset(token)
 
 
 def forced_isa(lib: build.Library) -> int:
@@ -68,7 +107,8 @@ def layer_reason(layer: torch.nn.Module, x: torch.Tensor | None = None) -> str |
     fmt = layer.meta.get("format")
     if fmt not in BINARY_FORMATS:
         return f"its codes are {fmt} (rtn / gptq grids), the kernel reads binary codes (shiftaddllm, bcq)"
-    devices = {t.device.type for t in layer.packed_tensors().values()}
+    held = (layer._buffers.get(name) for name in layer.packed_names)  # a released `codes` is on the CPU
+    devices = {t.device.type for t in held if t is not None}
     if x is not None:
         devices.add(x.device.type)
     if devices != {"cpu"}:
@@ -91,7 +131,7 @@ def describe(layer: torch.nn.Module, name: str | None = None) -> str:
 
 def refusal(layer: torch.nn.Module, reason: str, name: str | None = None) -> KernelRefused:
     return KernelRefused(
-        f"LLM1BIT_KERNEL=lut: layer {describe(layer, name)} cannot use the LUT kernel: {reason}"
+        f"{mode_source()}: layer {describe(layer, name)} cannot use the LUT kernel: {reason}"
     )
 
 
@@ -102,16 +142,32 @@ def require_lut(layer: torch.nn.Module, name: str | None = None, x: torch.Tensor
         raise refusal(layer, reason, name)
 
 
+def _buffers_key(layer: torch.nn.Module) -> tuple:
+    """What the layout depends on among the buffers the layer still holds (a released `codes` is the layout's)."""
+    held = ((name, layer._buffers.get(name)) for name in layer.packed_names)
+    return tuple((name, t.data_ptr(), _version(t), tuple(t.shape)) for name, t in held if t is not None)
+
+
+def _version(t: torch.Tensor) -> int:
+    """In-place writes bump it; inference tensors (made under torch.inference_mode) have none."""
+    return -1 if t.is_inference() else t._version
+
+
 def prepared_for(layer: torch.nn.Module) -> Prepared:
-    """The layer's kernel layout, built at first use and rebuilt when its buffers change (load, `.to`)."""
-    tensors = layer.packed_tensors()
-    key = tuple((name, t.data_ptr(), t._version, tuple(t.shape)) for name, t in tensors.items())
+    """The layer's kernel layout, built at first use and rebuilt when its buffers change (load, `.to`). Once
+    built, the layer's `codes` buffer is released: the layout holds the codes, once (`layout.packed_codes`
+    gives them back)."""
+    key = _buffers_key(layer)
     cached = layer.__dict__.get(_ATTR)
     if cached is not None and cached.key == key:
         return cached
+    tensors = layer.packed_tensors()  # rebuilt from the old layout if released
     layer.__dict__.pop(_ATTR, None)
     prepared = prepare(tensors, layer.meta)
-    prepared.key = key
+    del tensors
+    if hasattr(layer, "release_codes"):
+        layer.release_codes(lambda: torch.from_numpy(packed_codes(prepared)))
+    prepared.key = _buffers_key(layer)
     layer.__dict__[_ATTR] = prepared
     return prepared
 
@@ -120,25 +176,60 @@ def drop_prepared(layer: torch.nn.Module) -> None:
     layer.__dict__.pop(_ATTR, None)
 
 
+def dense_weight(prepared: Prepared, dtype: torch.dtype, threads: int | None = None) -> torch.Tensor:
+    """W (N, K) in `dtype`, rebuilt by the C library from the kernel's layout (fp32 sums over the planes, as
+    `BinaryCodes.dequantize`; bf16 rounded to nearest even, as torch's cast); acc layouts (rotations) are
+    refused: their W is U^T Q V diag(1/s)."""
+    if prepared.rescale is not None:
+        raise ValueError("dense_weight does not rebuild rotated (acc incoherence) layers")
+    lib = build.load()
+    if lib is None:
+        raise UserError(build.unavailable_reason() or "the LUT kernel is not available here")
+    out_bf16 = dtype == torch.bfloat16
+    w = torch.empty(prepared.n, prepared.k, dtype=torch.bfloat16 if out_bf16 else torch.float32)
+    if prepared.n and prepared.k:
+        threads = torch.get_num_threads() if threads is None else threads
+        rc = lib.lib.llm1bit_lut_dequant(
+            ctypes.byref(prepared.struct()), w.data_ptr(), prepared.k, int(out_bf16), threads
+        )
+        if rc != 0:
+            raise RuntimeError(f"the LUT kernel's dense rebuild refused the call (code {rc})")
+    return w if w.dtype == dtype else w.to(dtype)
+
+
 def forward(layer: torch.nn.Module, x: torch.Tensor) -> torch.Tensor | None:
     """The kernel's output for `layer(x)`, or None where the dense path should run (LLM1BIT_KERNEL)."""
     mode = kernel_mode()
     if mode == "dense":
         return None
+    many_rows = False
     if mode == "auto":
         if layer.meta.get("format") not in BINARY_FORMATS:
             return None
-        if layer.cache_weight:
-            half = layer.compute_dtype in (torch.bfloat16, torch.float16)
-            limit = AUTO_MAX_TOKENS_HALF if half else AUTO_MAX_TOKENS
-            if x.numel() > limit * max(1, x.shape[-1]):
-                return None
-    reason = layer_reason(layer, x)
-    if reason is not None:
-        if mode == "lut":
-            raise refusal(layer, reason)
-        return None
-    return lut_linear(prepared_for(layer), x, layer.bias)
+        half = x.dtype in (torch.bfloat16, torch.float16)
+        limit = AUTO_MAX_TOKENS_HALF if half else AUTO_MAX_TOKENS
+        many_rows = x.numel() > limit * max(1, x.shape[-1])
+    prepared = layer.__dict__.get(_ATTR)
+    fast = (  # a layer served before, an ordinary input: skip the full check (per-token overhead)
+        prepared is not None
+        and prepared.key == _buffers_key(layer)
+        and x.device.type == "cpu"
+        and x.is_floating_point()
+        and x.shape[-1] == layer.in_features
+        and not (x.requires_grad and torch.is_grad_enabled())
+    )
+    if not fast:
+        reason = layer_reason(layer, x)
+        if reason is not None:
+            if mode == "lut":
+                raise refusal(layer, reason)
+            return None
+        prepared = prepared_for(layer)
+    if many_rows and prepared.rescale is None:
+        weight = dense_weight(prepared, x.dtype)
+        bias = None if layer.bias is None else layer.bias.to(x.dtype)
+        return torch.nn.functional.linear(x.detach(), weight, bias)
+    return lut_linear(prepared, x, layer.bias)
 
 
 def lut_linear(

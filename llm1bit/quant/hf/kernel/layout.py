@@ -7,8 +7,9 @@ of 16). Tiles go in groups of `RT` = 4, the kernel's unit of work and of threadi
 * codes: uint8 (groups, C, q, RT, 16, 4), flat, plus 64 bytes of padding; C = kp / 32, kp = K rounded up
   to 32: the 64 bytes the kernel loads at once are 16 rows x 4 code bytes (32 input columns) of one plane.
   Padding rows and columns have code bytes 0 and meet zero activations (columns) or are never written out
-  (rows). Same size as the packed codes (plus padding): the layer then holds its codes twice, packed (its
-  state, saved and loaded) and in this layout.
+  (rows). Same size as the packed codes (plus padding), and a permutation of them: `packed_codes` gives the
+  packed (q, N, ceil(K/8)) tensor back bit for bit, so a layer the kernel serves keeps its codes only here
+  (`QuantLinear` releases its `codes` buffer and rebuilds it on demand: saving, the dense path, `.to`).
 * mode 0 (`col_block` a multiple of 8: lat): alpha fp32 (groups, C, q, RT, 4), the scale of each tile and
   code byte, applied to the byte's signed sum; groups may mix row blocks.
 * mode 1 (any other `col_block`: acc, bcq): alpha fp32 (nrb, q, kp), one scale per input column (a
@@ -185,6 +186,19 @@ def prepare(tensors: dict, meta: dict) -> Prepared:
     if "incoherence_rescale" in tensors:
         attach_incoherence(prepared, tensors, meta)
     return prepared
+
+
+def packed_codes(prepared: Prepared) -> np.ndarray:
+    """The packed codes uint8 (q, N, ceil(K/8)) this layout was built from, bit for bit (the inverse of the
+    gather in `prepare`; padding lanes are dropped)."""
+    q, n, chunks = prepared.q, prepared.n, prepared.kp // CHUNK
+    size = prepared.groups * chunks * q * RT * TILE * 4
+    units = prepared.codes[:size].reshape(prepared.groups, chunks, q, RT, TILE, 4)
+    lanes = units.transpose(2, 0, 3, 4, 1, 5).reshape(q, prepared.groups * RT * TILE, chunks * 4)
+    valid = prepared.rows >= 0
+    out = np.zeros((q, n, -(-prepared.k // 8)), dtype=np.uint8)
+    out[:, prepared.rows[valid]] = lanes[:, valid, : out.shape[2]]
+    return out
 
 
 def attach_incoherence(prepared: Prepared, tensors: dict, meta: dict) -> None:

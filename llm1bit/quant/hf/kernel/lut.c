@@ -500,6 +500,105 @@ int llm1bit_lut_gemm(const lut_layer *L, const float *x, int ldx, float *y, int 
     return 0;
 }
 
+/* ---------------------------------------------------------------- dense rebuild (large batches) */
+
+/* W (n, k), row stride ldw, rebuilt from the layout: W[row, col] = sum_b alpha_b * (+-1), planes summed in
+   order b = 0, 1, ... in fp32, then stored as fp32 (out_bf16 = 0) or rounded to bfloat16 (to nearest, ties to
+   even, as torch's cast). For calls of many rows (prefill), where one dense matmul beats per-row lookups; the
+   caller drops W after the call. Every element of W is written once (no zeroing needed). */
+static float SIGNS[256][8];
+static pthread_once_t SIGNS_once = PTHREAD_ONCE_INIT;
+static void signs_init(void) {
+    for (int v = 0; v < 256; v++)
+        for (int t = 0; t < 8; t++) SIGNS[v][t] = (v >> t) & 1 ? 1.0f : -1.0f;
+}
+
+typedef struct {
+    const lut_layer *L;
+    void *w;
+    int ldw, out_bf16;
+    int *next;
+} dequant_job;
+
+static inline uint16_t to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7f800000u) == 0x7f800000u) return (uint16_t)((u >> 16) | ((u & 0xffff) ? 0x40 : 0)); /* inf/nan */
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
+
+T256 static void dequant_group(const lut_layer *L, int g, void *w, int ldw, int out_bf16) {
+    const int C = L->kp / 32, q = L->q, k = L->k;
+    const uint8_t *cg = L->codes + (size_t)g * C * q * RT * 64;
+    const int32_t *rows = L->rows + (size_t)g * RT * TILE;
+    for (int c = 0; c < C; c++)
+        for (int r = 0; r < RT; r++)
+            for (int lane = 0; lane < TILE; lane++) {
+                const int32_t row = rows[r * TILE + lane];
+                if (row < 0) continue;
+                for (int byte = 0; byte < 4; byte++) {
+                    const int col0 = 32 * c + 8 * byte;
+                    if (col0 >= k) break;
+                    __m256 acc = _mm256_setzero_ps();
+                    for (int b = 0; b < q; b++) {
+                        const uint8_t v = cg[(((size_t)c * q + b) * RT + r) * 64 + lane * 4 + byte];
+                        const __m256 s = _mm256_loadu_ps(SIGNS[v]);
+                        __m256 a;
+                        if (L->mode == 0)
+                            a = _mm256_set1_ps(L->alpha[((((size_t)g * C + c) * q + b) * RT + r) * 4 + byte]);
+                        else
+                            a = _mm256_loadu_ps(L->alpha + ((size_t)L->group_rb[g] * q + b) * L->kp + col0);
+                        acc = _mm256_add_ps(acc, _mm256_mul_ps(s, a)); /* +-a exactly, then one rounding */
+                    }
+                    float vals[8];
+                    const int cols = k - col0 < 8 ? k - col0 : 8;
+                    if (out_bf16) {
+                        uint16_t *wr = (uint16_t *)w + (size_t)row * ldw + col0;
+                        if (cols == 8) { /* round to nearest even: + 0x7fff + lsb, keep the high half (finite) */
+                            __m256i u = _mm256_castps_si256(acc);
+                            const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(u, 16), _mm256_set1_epi32(1));
+                            u = _mm256_srli_epi32(_mm256_add_epi32(u, _mm256_add_epi32(lsb, _mm256_set1_epi32(0x7fff))), 16);
+                            const __m256i packed = _mm256_permute4x64_epi64(_mm256_packus_epi32(u, u), 0x08);
+                            _mm_storeu_si128((__m128i *)wr, _mm256_castsi256_si128(packed));
+                        } else {
+                            _mm256_storeu_ps(vals, acc);
+                            for (int t = 0; t < cols; t++) wr[t] = to_bf16(vals[t]);
+                        }
+                    } else {
+                        _mm256_storeu_ps(vals, acc);
+                        float *wr = (float *)w + (size_t)row * ldw + col0;
+                        if (cols == 8)
+                            _mm256_storeu_ps(wr, acc);
+                        else
+                            for (int t = 0; t < cols; t++) wr[t] = vals[t];
+                    }
+                }
+            }
+}
+
+static void dequant_slot(void *ctx, int slot) {
+    (void)slot;
+    dequant_job *J = (dequant_job *)ctx;
+    for (;;) {
+        const int g = __atomic_fetch_add(J->next, 1, __ATOMIC_RELAXED);
+        if (g >= J->L->groups) break;
+        dequant_group(J->L, g, J->w, J->ldw, J->out_bf16);
+    }
+}
+
+/* w: n rows of ldw elements, float32 (out_bf16 = 0) or bfloat16 (1). Returns 0, or -1 without AVX2. */
+int llm1bit_lut_dequant(const lut_layer *L, void *w, int ldw, int out_bf16, int threads) {
+    if (llm1bit_isa() < ISA_AVX2) return -1;
+    pthread_once(&SIGNS_once, signs_init);
+    if (threads < 1) threads = 1;
+    if (threads > 64) threads = 64;
+    int next = 0;
+    dequant_job J = {L, w, ldw, out_bf16, &next};
+    pool_run(dequant_slot, &J, threads);
+    return 0;
+}
+
 /* ---------------------------------------------------------------- acc rotations */
 
 /* The signed Hadamard network of llm1bit/quant/incoherence.py (procedure 2), applied in float64 with the
