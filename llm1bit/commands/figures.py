@@ -82,7 +82,7 @@ def _check_costs(settings) -> None:
     "--results",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="fig16: a folder of `llm1bit quantize` outputs and their `llm1bit eval --json` results.",
+    help="fig16, fig17: a folder of `llm1bit quantize` outputs and their `llm1bit eval --json` results.",
 )
 @cache_option
 def figures(
@@ -111,6 +111,9 @@ def figures(
                    SRAM / DRAM, OPT-66B and LLaMA-7B at 16, 3 and 1.58 bits
     fig16          perplexity of quantized folders against their simulated
                    speedup and energy saving (needs --results DIR; README)
+    fig17          perplexity against simulated tokens/s and energy per token
+                   of uniform, rank-rule, average-bits and hardware-budget
+                   allocations (needs --results DIR; make fig17-results)
     The cost options (--weight-bits ... --bcq-compute) price fig14 and fig15
     only (fig04-fig13 plot counters): --weight-bits is the list of widths of
     both [default: fig14 16,8,4,3,2,1.58,1; fig15 16,3,1.58]; speedups and

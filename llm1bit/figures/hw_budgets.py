@@ -59,7 +59,7 @@ def _runs(settings: Settings) -> list[Run]:
         raise UserError(
             "fig17 needs --results DIR: quantized folders and their `eval --json` results (README)"
         )
-    return read_runs(Path(settings.results_dir))
+    return read_runs(Path(settings.results_dir), "fig17")
 
 
 def _point(settings: Settings, run: Run, hw: str) -> Point:

@@ -83,12 +83,15 @@ class Run:
         return self.mode if self.method == "shiftaddllm" else self.method
 
 
-def read_runs(results: Path) -> list[Run]:
-    """Every eval result of the folder, with its quantized model; a one-line error for anything inconsistent."""
+def read_runs(results: Path, figure: str = "fig16") -> list[Run]:
+    """Every eval result of the folder, with its quantized model; a one-line error (naming `figure`, the one that
+    reads them) for anything inconsistent."""
     from llm1bit.layer_widths import load_quantized_model
 
     if not results.is_dir():
-        raise UserError(f"fig16: results folder {results} does not exist (see README: make fig16-results)")
+        raise UserError(
+            f"{figure}: results folder {results} does not exist (see README: make {figure}-results)"
+        )
     runs = []
     for path in sorted(results.glob("*.json")):
         try:
@@ -99,7 +102,9 @@ def read_runs(results: Path) -> list[Run]:
             continue
         folder = Path(data["model"])
         folder = folder if folder.is_absolute() else results / folder
-        qc = _quantization_config(folder) if folder.is_dir() else None  # a .gguf / hub id: the FP reference
+        qc = (
+            _quantization_config(folder, figure) if folder.is_dir() else None
+        )  # a .gguf / hub id: the FP reference
         model = load_quantized_model(folder) if qc else None
         runs.append(
             Run(
@@ -115,20 +120,22 @@ def read_runs(results: Path) -> list[Run]:
             )
         )
     if not any(r.model for r in runs):
-        raise UserError(f"fig16: {results} holds no `llm1bit eval --json` result of a quantized folder")
+        raise UserError(f"{figure}: {results} holds no `llm1bit eval --json` result of a quantized folder")
     settings = {(r.data, r.seqlen, r.windows) for r in runs}
     if len(settings) > 1:
         raise UserError(
-            f"fig16: the evaluations in {results} differ in data / seqlen / windows: {sorted(settings)}"
+            f"{figure}: the evaluations in {results} differ in data / seqlen / windows: {sorted(settings)}"
         )
     return runs
 
 
-def _quantization_config(folder: Path) -> dict | None:
+def _quantization_config(folder: Path, figure: str) -> dict | None:
     """The evaluated folder's llm1bit quantization_config; None for an FP model's folder."""
     from llm1bit.format.folder import quantization_config, read_folder_config
 
-    return quantization_config(read_folder_config(folder, f"fig16: {folder} (the evaluated model's folder)"))
+    return quantization_config(
+        read_folder_config(folder, f"{figure}: {folder} (the evaluated model's folder)")
+    )
 
 
 def _points(settings: Settings, run: Run, hw: str) -> tuple[Point, Point]:
