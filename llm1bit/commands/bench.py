@@ -8,6 +8,8 @@ import json
 import click
 
 from llm1bit.errors import UserError
+from llm1bit.quant.device import KERNEL_MODES
+from llm1bit.quant.numerics.methods import MODES
 
 EPILOG = """\b
 Examples:
@@ -16,8 +18,6 @@ Examples:
   llm1bit bench --gemv 4096x11008 --wbits 3 --groupsize 128
   llm1bit bench --gemv 4096x11008 --wbits 2 --mode acc --json
 """
-
-KERNELS = ("auto", "lut", "dense")
 
 
 @click.command(name="bench", epilog=EPILOG)
@@ -29,7 +29,7 @@ KERNELS = ("auto", "lut", "dense")
 )
 @click.option(
     "--kernel",
-    type=click.Choice(KERNELS),
+    type=click.Choice(KERNEL_MODES),
     default="auto",
     show_default=True,
     help="Path of binary-coded layers: auto (the LUT kernel where it applies and is faster), lut (the kernel "
@@ -53,7 +53,7 @@ KERNELS = ("auto", "lut", "dense")
     "--groupsize", type=int, default=128, show_default=True, help="With --gemv: rows per scale; -1 = one."
 )
 @click.option(
-    "--mode", type=click.Choice(["lat", "acc"]), default="lat", show_default=True, help="With --gemv: layout."
+    "--mode", type=click.Choice(MODES), default="lat", show_default=True, help="With --gemv: layout."
 )
 @click.pass_context
 def bench(

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from llm1bit.errors import UserError
+from llm1bit.quant.device import KERNEL_MODES
 
 DEFAULT_DATA = Path("wikitext-2") / "test.gptq-join.txt"
 
@@ -79,7 +80,7 @@ def default_data() -> Path:
 )
 @click.option(
     "--kernel",
-    type=click.Choice(["auto", "lut", "dense"]),
+    type=click.Choice(KERNEL_MODES),
     help="Path of binary-coded layers: auto (the LUT kernel where it applies and is faster), lut (the kernel, "
     "or a one-line error naming a layer it cannot serve), dense (rebuild W) [LLM1BIT_KERNEL, else auto]; "
     "wins over LLM1BIT_KERNEL.",

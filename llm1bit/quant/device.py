@@ -1,8 +1,13 @@
-"""The device quantization and evaluation run on: "cpu" or a CUDA device that exists, else one line."""
+"""Where quantization and evaluation compute: the device ("cpu" or a CUDA device that exists, else one line)
+and the kernel modes of binary-coded layers."""
 
 from __future__ import annotations
 
 from llm1bit.errors import UserError
+
+# How binary-coded layers compute (`--kernel`, LLM1BIT_KERNEL; llm1bit.quant.hf.kernel): auto = the LUT kernel
+# where it applies and is faster, lut = the kernel or a one-line refusal, dense = W rebuilt.
+KERNEL_MODES = ("auto", "lut", "dense")
 
 
 def check_device(device: str) -> str:

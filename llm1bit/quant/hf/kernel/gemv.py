@@ -33,10 +33,10 @@ import numpy as np
 import torch
 
 from llm1bit.errors import UserError, unknown_choice
+from llm1bit.quant.device import KERNEL_MODES
 from llm1bit.quant.hf.kernel import build
 from llm1bit.quant.hf.kernel.layout import Prepared, Rotation, packed_codes, prepare
 
-KERNEL_MODES = ("auto", "lut", "dense")
 ISAS = {"avx2": 1, "avx512": 2}
 # auto: calls of more rows (tokens) than this take one dense matmul on W rebuilt in C (`dense_weight`). Per row
 # the kernel costs about the same at any batch size (4096 x 11008, 3 bits, 2 threads: ~0.5 ms a row, 63 ms at
