@@ -4,6 +4,8 @@
     .venv/bin/python scripts/bench_solver.py --shapes small --bits 3 --methods acc lat
     .venv/bin/python scripts/bench_solver.py --columns-only      # per-column BCQ, before / after
     .venv/bin/python scripts/bench_solver.py --real .cache/smollm2/SmolLM2-135M-Instruct.Q4_1.gguf --layer 15
+    flock /tmp/llm1bit-bench.lock .venv/bin/python scripts/bench_solver.py --shapes large --methods lat-g128 \
+        --bits 3 --threads 2 --repeat 1 --no-columns          # issue 22: microseconds per weight
 
 Weights are random (std 0.02, a few heavy rows); the Hessian comes from correlated Gaussian inputs
 with a few outlier channels (H = X^T X / n), which gives act-order and error feedback realistic work.
@@ -36,6 +38,13 @@ SHAPES = {
         ("down_proj", 576, 1536),
     ],
     "small": [("q", 256, 256), ("gate", 172, 64), ("down", 64, 172)],
+    # issue 22's reference shapes (N x K): a 1-2B model's square layer, Llama-7B's square and MLP layers
+    "large": [
+        ("2048x2048", 2048, 2048),
+        ("4096x4096", 4096, 4096),
+        ("11008x4096", 11008, 4096),
+        ("4096x11008", 4096, 11008),
+    ],
 }
 METHODS = {
     "rtn": dict(method="rtn"),
@@ -117,6 +126,9 @@ def bench_layers(layers: dict, methods, bits_list, repeat: int, source: str) -> 
             times = [_min_time(repeat, quantize_weight, w, h, spec) for w, h in layers.values()]
             cells = " ".join(f"{t:>10.3f}" for t in times)
             print(f"{method:<10} {bits:>4} {cells} {sum(times):>8.2f}", flush=True)
+            per_weight = [t / (w.numel()) * 1e6 for t, (w, _) in zip(times, layers.values(), strict=True)]
+            cells = " ".join(f"{u:>10.3f}" for u in per_weight)
+            print(f"{'  us/weight':<15} {cells}", flush=True)
 
 
 def _bcq_reference_style(x: torch.Tensor, q: int, rounds: int, terms: int) -> torch.Tensor:

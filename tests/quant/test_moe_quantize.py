@@ -12,7 +12,7 @@ from llm1bit.errors import UserError
 from llm1bit.quant.hf.checkpoint import load_quantized, save_quantized
 from llm1bit.quant.hf.experts import ExpertHessians, QuantExperts, is_fused_experts
 from llm1bit.quant.hf.linear import QuantLinear
-from llm1bit.quant.numerics.column_solver import FALLBACK
+from llm1bit.quant.numerics.column_solver import FALLBACK, quantize_weight
 from llm1bit.quant.numerics.methods import QuantSpec
 from llm1bit.quant.numerics.uniform import rtn
 from llm1bit.quant.quantize import quantize_model, resolve_bits, summary_table
@@ -114,11 +114,92 @@ def test_expert_hessians_from_routed_tokens() -> None:
     assert sum(recorder.tokens) == 20 * 2 and recorder.tokens[3] == 0
     hessians = recorder.hessians()
     mine = x[(index == 1).any(dim=1)]
-    torch.testing.assert_close(hessians["gate_up_proj.1"], (mine.T @ mine).double())
+    # float32 sums (issue 22; they were float64)
+    torch.testing.assert_close(hessians["gate_up_proj.1"], mine.T @ mine)
     gate, up = (mine @ experts.gate_up_proj[1].detach().T).chunk(2, dim=-1)
     act = torch.nn.functional.silu(gate) * up
-    torch.testing.assert_close(hessians["down_proj.1"], (act.T @ act).double(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(hessians["down_proj.1"], act.T @ act, rtol=1e-5, atol=1e-6)
     assert not hessians["down_proj.3"].any()
+    # a group of experts records only its own slices, and counts every expert's tokens
+    group = ExpertHessians(experts, [1, 2])
+    handle = group.register()
+    with torch.no_grad():
+        experts(x, index, torch.full((20, 2), 0.5))
+    handle.remove()
+    assert group.tokens == recorder.tokens
+    assert set(group.slice_tokens()) == {"gate_up_proj.1", "gate_up_proj.2", "down_proj.1", "down_proj.2"}
+    assert torch.equal(group.hessians()["down_proj.1"], hessians["down_proj.1"])
+
+
+def _tiny_mixtral_8():
+    """tiny("mixtral") with 8 experts per layer."""
+    from transformers import MixtralConfig
+
+    config = MixtralConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=VOCAB,
+        max_position_embeddings=128,
+        num_experts_per_tok=TOP_K,
+        intermediate_size=64,
+        num_local_experts=8,
+    )
+    torch.manual_seed(0)
+    return AutoModelForCausalLM.from_config(config).eval()
+
+
+@pytest.mark.parametrize("group", [1, 2, 3])
+def test_expert_hessians_in_bounded_groups(group: int, monkeypatch) -> None:
+    """Expert Hessians held a group at a time: at most `group` experts' float32 Hessians are alive at any
+    moment (measured through weak references to every sum), and the codes equal those of one group of all
+    experts bit for bit (the later groups' forwards see the same unquantized layer)."""
+    import weakref
+
+    alive: list[weakref.ref] = []
+    peak = [0]
+    original_add = ExpertHessians._add
+
+    def held() -> int:
+        return sum(t.numel() * t.element_size() for t in (r() for r in alive) if t is not None)
+
+    def add(self, name, x):
+        before = self.sums[name]
+        original_add(self, name, x)
+        if before is None:
+            alive.append(weakref.ref(self.sums[name]))
+        peak[0] = max(peak[0], held())
+
+    monkeypatch.setattr(ExpertHessians, "_add", add)
+    spec = QuantSpec(method="shiftaddllm", mode="lat", wbits=3)
+    reference = _tiny_mixtral_8()
+    full = quantize_model(reference, spec, windows(), expert_group=8)
+    assert all(layer.expert_group == 8 for layer in full.layers)
+    all_at_once = peak[0]
+    alive.clear()
+    peak[0] = 0
+    model = _tiny_mixtral_8()
+
+    def spy(weight, hessian, spec):
+        peak[0] = max(peak[0], held())
+        return quantize_weight(weight, hessian, spec)
+
+    report = quantize_model(model, spec, windows(), expert_group=group, solver=spy)
+    one_expert = 4 * (32**2 + 64**2)  # float32 Hessians of gate_up_proj.e (in 32) and down_proj.e (in 64)
+    assert all_at_once == 8 * one_expert
+    assert 0 < peak[0] <= group * one_expert
+    assert [s.name for layer in report.layers for s in layer.sublayers] == [
+        s.name for layer in full.layers for s in layer.sublayers
+    ]
+    assert [s.tokens for layer in report.layers for s in layer.sublayers] == [
+        s.tokens for layer in full.layers for s in layer.sublayers
+    ]
+    for name, module in reference.named_modules():
+        if isinstance(module, QuantLinear):
+            other = model.get_submodule(name)
+            for key, t in module.packed_tensors().items():
+                assert torch.equal(t, other.packed_tensors()[key]), (name, key)
 
 
 def test_quant_experts_same_math_as_transformers() -> None:

@@ -157,3 +157,46 @@ def test_bad_inputs(calib: torch.Tensor) -> None:
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="no CUDA device"):
             quantize_model(fresh_model(), QuantSpec(method="rtn"), device="cuda")
+
+
+def test_bf16_forwards_give_float32_hessians_close_to_float32(
+    calib: torch.Tensor, tokens: torch.Tensor
+) -> None:
+    """--dtype bfloat16: the forwards run under bf16 autocast, the Hessians stay float32 and within bf16
+    rounding of the float32 run's; the quantized model's perplexity is close to the float32 run's."""
+    from llm1bit.quant.numerics.column_solver import quantize_weight
+
+    seen: dict[str, list[torch.Tensor]] = {"float32": [], "bfloat16": []}
+    models = {}
+    for dtype in seen:
+
+        def spy(weight, hessian, spec, dtype=dtype):
+            seen[dtype].append(hessian)
+            return quantize_weight(weight, hessian, spec)
+
+        models[dtype] = fresh_model()
+        report = quantize_model(
+            models[dtype],
+            QuantSpec(method="shiftaddllm", mode="lat", wbits=4),
+            calib,
+            dtype=dtype,
+            solver=spy,
+        )
+        assert report.dtype == dtype and report.to_dict()["dtype"] == dtype
+        assert all(layer.weights_per_second > 0 for layer in report.layers)
+    assert all(h.dtype == torch.float32 for h in seen["bfloat16"])
+    for h32, h16 in zip(seen["float32"][:7], seen["bfloat16"][:7], strict=True):  # layer 0: same inputs
+        scale = h32.abs().max()
+        assert (h16 - h32).abs().max() <= 2e-2 * scale
+    ppl = {d: perplexity(m, tokens, seqlen=256, max_windows=4).perplexity for d, m in models.items()}
+    assert abs(ppl["bfloat16"] / ppl["float32"] - 1) < 0.05, ppl
+
+
+def test_resolve_dtype() -> None:
+    from llm1bit.quant.walk.layers import _cpu_has_fast_bf16, resolve_dtype
+
+    assert resolve_dtype("float32", "cpu") == "float32"
+    assert resolve_dtype("bfloat16", "cpu") == "bfloat16"
+    assert resolve_dtype("auto", "cpu") == ("bfloat16" if _cpu_has_fast_bf16() else "float32")
+    with pytest.raises(UserError, match="dtype"):
+        resolve_dtype("float16", "cpu")

@@ -159,14 +159,23 @@ class ExpertHessians:
     expert e, gate_up_proj.e sees the hidden states of its tokens and down_proj.e sees act(gate)·up of
     them, recomputed here with the module's own (unquantized) weights in the activation dtype, so the
     hook works whatever experts implementation (eager, grouped_mm) the forward itself uses. Products
-    are taken in float32 and summed in float64, as for the dense linears; `tokens[e]` counts the tokens
-    routed to e (they sum to tokens × top_k)."""
+    are taken and summed in float32, as for the dense linears; `tokens[e]` counts the tokens routed to
+    e (they sum to tokens × top_k, over all experts whichever are recorded).
 
-    def __init__(self, module: nn.Module) -> None:
+    `experts` names the experts whose Hessians are recorded (all by default): the pipeline records a
+    bounded group at a time, so an MoE layer holds group size × one expert's float32 Hessians (a
+    Mixtral-8x7B down_proj expert: 14336² × 4 bytes = 0.82 GB; all eight in float64 were 13 GB)."""
+
+    def __init__(self, module: nn.Module, experts: Sequence[int] | None = None) -> None:
         self.module = module
         gate_up, down = _fused_params(module)
         self.n = gate_up.shape[0]
-        self.sums: dict[str, torch.Tensor | None] = dict.fromkeys(slice_names(module))
+        self.experts = list(range(self.n)) if experts is None else sorted(set(experts))
+        if any(not 0 <= e < self.n for e in self.experts):
+            raise ValueError(f"experts {self.experts} out of range for {self.n} experts")
+        self.sums: dict[str, torch.Tensor | None] = {
+            f"{proj}.{e}": None for proj in PROJECTIONS for e in self.experts
+        }
         self.tokens = [0] * self.n
         self.calls = 0
 
@@ -177,43 +186,49 @@ class ExpertHessians:
         x = hidden.reshape(-1, hidden.shape[-1])
         index = index.reshape(x.shape[0], -1)
         self.calls += 1
+        counts = torch.bincount(index.reshape(-1), minlength=self.n)[: self.n].tolist()
         for e in range(self.n):
-            token_idx = torch.where(index == e)[0]
-            self.tokens[e] += int(token_idx.numel())
-            if not token_idx.numel():
+            self.tokens[e] += int(counts[e])
+        for e in self.experts:
+            if not counts[e]:
                 continue
+            token_idx = torch.where(index == e)[0]
             xe = x[token_idx]
-            gate, up = nn.functional.linear(xe, gate_up[e]).chunk(2, dim=-1)
+            gate, up = nn.functional.linear(xe, gate_up[e].to(xe.dtype)).chunk(2, dim=-1)
             self._add(f"gate_up_proj.{e}", xe)
             self._add(f"down_proj.{e}", module.act_fn(gate) * up)
 
     def _add(self, name: str, x: torch.Tensor) -> None:
         xf = x.to(torch.float32)
-        product = (xf.T @ xf).to(torch.float64)
-        if self.sums[name] is None:
-            self.sums[name] = product
-        else:
-            self.sums[name] += product
+        with torch.autocast(xf.device.type, enabled=False):
+            if self.sums[name] is None:
+                self.sums[name] = xf.T @ xf
+            else:
+                self.sums[name].addmm_(xf.T, xf)
 
     def register(self):
         return self.module.register_forward_pre_hook(self.hook, with_kwargs=True)
 
     def hessians(self) -> dict[str, torch.Tensor]:
-        """H / number of forward calls (the dense linears' units), float64; zeros for an expert never routed to."""
+        """H / number of forward calls (the dense linears' units), float32; zeros for an expert never routed
+        to. The sums are handed over (not copied) and the recorder forgets them."""
         weights = expert_weights(self.module)
         out = {}
-        for name, acc in self.sums.items():
+        for name in list(self.sums):
+            acc = self.sums.pop(name)
             k = weights[name].shape[1]
             device = weights[name].device
             out[name] = (
-                acc / max(self.calls, 1)
+                acc.div_(max(self.calls, 1))
                 if acc is not None
-                else torch.zeros((k, k), dtype=torch.float64, device=device)
+                else torch.zeros((k, k), dtype=torch.float32, device=device)
             )
         return out
 
     def slice_tokens(self) -> dict[str, int]:
-        return {name: self.tokens[int(name.rpartition(".")[2])] for name in self.sums}
+        return {
+            f"{proj}.{e}": self.tokens[e] for proj in PROJECTIONS for e in range(self.n) if e in self.experts
+        }
 
 
 def needs_fallback(tokens: int, in_features: int) -> bool:
