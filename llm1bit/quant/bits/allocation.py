@@ -247,6 +247,17 @@ def check_pins(pins: Mapping[str, object], names: Sequence[str], candidates: Seq
 # ---------------------------------------------------------------------------------------------- ILP
 
 
+def chosen_widths(layers: Sequence[LayerCost], x: dict) -> dict[str, int]:
+    """Each layer's width from a solved ILP's binary variables x[i, b]; exactly one per layer, else one line."""
+    bits = {}
+    for i, layer in enumerate(layers):
+        chosen = [b for b in layer.costs if (x[i, b].value() or 0) > 0.5]
+        if len(chosen) != 1:
+            raise UserError(f"the solver returned {len(chosen)} widths for {layer.name}")
+        bits[layer.name] = chosen[0]
+    return bits
+
+
 def solve_ilp(
     layers: Sequence[LayerCost],
     budget: float,
@@ -303,12 +314,7 @@ def solve_ilp(
                 f"{cheapest:.4f} bits > budget {budget:g}"
             )
         raise UserError(f"the integer program was not solved to optimality: {pulp.LpStatus[status]}")
-    bits = {}
-    for i, layer in enumerate(layers):
-        chosen = [b for b in layer.costs if (x[i, b].value() or 0) > 0.5]
-        if len(chosen) != 1:
-            raise UserError(f"the solver returned {len(chosen)} widths for {layer.name}")
-        bits[layer.name] = chosen[0]
+    bits = chosen_widths(layers, x)
     params = {layer.name: layer.params for layer in layers}
     avg = average_bits(bits, params)
     if avg > budget * (1 + 1e-9):

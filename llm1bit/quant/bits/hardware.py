@@ -35,7 +35,7 @@ from llm1bit.budget_costs import (
 )
 from llm1bit.errors import UserError
 from llm1bit.model_spec import ModelSpec
-from llm1bit.quant.bits.allocation import Allocation, LayerCost, average_bits, objective
+from llm1bit.quant.bits.allocation import Allocation, LayerCost, average_bits, chosen_widths, objective
 
 AVERAGE_BITS = "average_bits"
 BUDGET_KINDS = (AVERAGE_BITS, *KINDS)
@@ -111,12 +111,7 @@ def solve_resource_ilp(
     seconds = time.perf_counter() - start
     if pulp.LpStatus[status] != "Optimal":
         raise UserError(f"the integer program was not solved to optimality: {pulp.LpStatus[status]}")
-    bits = {}
-    for i, layer in enumerate(layers):
-        chosen = [b for b in layer.costs if (x[i, b].value() or 0) > 0.5]
-        if len(chosen) != 1:
-            raise UserError(f"the solver returned {len(chosen)} widths for {layer.name}")
-        bits[layer.name] = chosen[0]
+    bits = chosen_widths(layers, x)
     params = {layer.name: layer.params for layer in layers}
     return Allocation(bits, average_bits(bits, params), objective(bits, layers), "ilp", seconds)
 
