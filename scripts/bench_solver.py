@@ -184,6 +184,10 @@ def _fit_all_rounds(x, sizes, q) -> None:
     bcq_fit(x, sizes, q, 50, 3, early_exit=False)
 
 
+def _torch(a: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
 def bench_columns(repeat: int) -> None:
     print(
         "\nper-column BCQ (acc, groupsize -1, 50 rounds, 3 APoT terms), milliseconds per column (min of repeats)"
@@ -194,12 +198,9 @@ def bench_columns(repeat: int) -> None:
     rng = np.random.default_rng(0)
     for n in (576, 1536):
         for q in (2, 3):
-            cols = [rng.standard_normal(n).astype(np.float32) * 0.02 for _ in range(40)]
-            sizes = np.array([n])
-            ref = (
-                _min_time(1, _each, _bcq_reference_style, [torch.from_numpy(c) for c in cols[:10]], q, 50, 3)
-                / 10
-            )
+            cols = [_torch(rng.standard_normal(n).astype(np.float32) * 0.02) for _ in range(40)]
+            sizes = torch.tensor([n])
+            ref = _min_time(1, _each, _bcq_reference_style, cols[:10], q, 50, 3) / 10
             full = _min_time(repeat, _each, _fit_all_rounds, [c[None] for c in cols], sizes, q) / len(cols)
             fast = _min_time(repeat, _each, _fit_and_assign, [c[None] for c in cols], sizes, q) / len(cols)
             rounds = np.mean([bcq_fit(c[None], sizes, q, 50, 3).rounds_run for c in cols])

@@ -8,9 +8,11 @@ import itertools
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
 from llm1bit.quant.bits.allocation import LayerCost
-from llm1bit.quant.numerics.bcq import BCQFit, _finish, assign, bcq_fit, cg, greedy, levels, sign_table
+from llm1bit.quant.numerics.apot import apot
+from llm1bit.quant.numerics.bcq import BCQFit, assign, bcq_fit, cg, greedy, levels, sign_table
 
 
 def brute_force(layers: Sequence[LayerCost], budget: float) -> tuple[float, dict[str, int]] | None:
@@ -34,35 +36,45 @@ def bcq(
     rounds: int,
     apot_terms: int | None,
 ) -> tuple[np.ndarray, np.ndarray, BCQFit]:
-    """Fit and refit: (codes int8 (q, G, n), xhat float32 (G, n), fit)."""
-    fit = bcq_fit(x, sizes, q, rounds, apot_terms)
-    codes, xhat = assign(x, fit.scales)
-    return codes, xhat, fit
+    """Fit and refit on numpy arrays: (codes int8 (q, G, n), xhat float32 (G, n), fit)."""
+    xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    fit = bcq_fit(xt, torch.as_tensor(sizes), q, rounds, apot_terms)
+    codes, xhat = assign(xt, fit.scales)
+    return codes.numpy(), xhat.numpy(), fit
 
 
 def bcq_simple(x: np.ndarray, q: int, rounds: int, apot_terms: int | None) -> tuple[np.ndarray, np.ndarray]:
-    """A direct, slow statement of §1 for one group (1-D x): all rounds, explicit codes. (codes (q, n), scales (q,)).
+    """A direct, slow statement of §1 for one group (1-D x): all rounds, explicit codes, a plain binary search,
+    APoT by the numpy reference `apot`. (codes (q, n), scales (q,)). It exists to check `bcq_fit`."""
+    x = np.asarray(x, dtype=np.float32)
+    codes, a = greedy(torch.from_numpy(x)[None, :], torch.tensor([x.shape[0]]), q)
+    B = codes[0].numpy()  # (n, q)
+    a = a.numpy()
 
-    It exists to check `bcq_fit`."""
-    x = np.asarray(x, dtype=np.float32)[None, :]
-    sizes = np.array([x.shape[1]])
-    codes, a = greedy(x, sizes, q)
-    B = codes[0]  # (n, q)
+    def finish(a: np.ndarray) -> np.ndarray:
+        a = -np.sort(-np.abs(a), axis=1)
+        return a if apot_terms is None else apot(a, apot_terms)[0]
+
+    table = sign_table(q).numpy()
     if rounds > 0 and q > 1:
         for _ in range(rounds):
             btb = B.T @ B
-            btx = (B.T.astype(np.float64) @ x[0].astype(np.float64)).astype(np.float32)
-            a = np.array(cg([list(row) for row in btb], list(btx), list(a[0]), q), dtype=np.float32)[None]
-            a, _, _ = _finish(a, apot_terms)
-            lv = levels(a)[0]
+            btx = (B.T.astype(np.float64) @ x.astype(np.float64)).astype(np.float32)
+            a = cg(torch.from_numpy(btb)[None], torch.from_numpy(btx)[None], torch.from_numpy(a), q).numpy()
+            a = finish(a)
+            lv = levels(torch.from_numpy(a))[0].numpy()
             order = np.argsort(lv, kind="stable")
             vals = lv[order]
             mids = (vals[:-1] + vals[1:]) / np.float32(2.0)
-            idx = np.array([_binary_search(mids, v) for v in x[0]])
-            B = sign_table(q)[order[idx]]
+            idx = np.array([_binary_search(mids, v) for v in x])
+            B = table[order[idx]]
     else:
-        a, _, _ = _finish(a, apot_terms)
-        B = assign(x, a)[0][:, 0, :].T.astype(np.float32)
+        a = finish(a)
+        lv = levels(torch.from_numpy(a))[0].numpy()
+        order = np.argsort(lv, kind="stable")
+        vals = lv[order]
+        mids = (vals[:-1] + vals[1:]) / np.float32(2.0)
+        B = table[order[np.array([_binary_search(mids, v) for v in x])]]
     return B.T.astype(np.int8), a[0]
 
 

@@ -4,8 +4,17 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
-from llm1bit.quant.numerics.apot import apot, apot_scalar, apot_value, pot, pot_exponent
+from llm1bit.quant.numerics.apot import (
+    apot,
+    apot_scalar,
+    apot_split,
+    apot_value,
+    apot_values,
+    pot,
+    pot_exponent,
+)
 
 
 def _values(seed: int = 0, count: int = 5000) -> np.ndarray:
@@ -81,3 +90,20 @@ def test_out_of_range_exponents() -> None:
         apot(np.array([3.0e38], dtype=np.float32), 1)  # rounds to 2**128
     with pytest.raises(ValueError):
         apot(np.array([1.0], dtype=np.float32), 0)
+
+
+@pytest.mark.parametrize("terms", [1, 3, 4])
+def test_torch_path_from_the_bits_equals_the_reference(terms: int) -> None:
+    """The solver's `apot_split` / `apot_values` (exponent from the float32 bits) equal `apot` for normal floats,
+    at the geometric midpoints too."""
+    k = np.arange(-30, 21)
+    mid = np.float32(2.0 ** (k + 0.5))
+    v = np.concatenate(
+        [_values(4), mid, np.nextafter(mid, np.float32(0)), np.nextafter(mid, np.float32(np.inf))]
+    )
+    v = np.concatenate([v, -v]).astype(np.float32)
+    values, signs, exps = apot(v, terms)
+    t_values, t_signs, t_exps = apot_split(torch.from_numpy(v), terms)
+    assert np.array_equal(t_values.numpy(), values)
+    assert np.array_equal(t_signs.numpy(), signs) and np.array_equal(t_exps.numpy(), exps)
+    assert np.array_equal(apot_values(torch.from_numpy(v), terms).numpy(), values)

@@ -223,7 +223,7 @@ def test_quant_experts_same_math_as_transformers() -> None:
 def _rtn(weight: torch.Tensor):
     from llm1bit.quant.numerics.codes import QuantizedWeight
 
-    return QuantizedWeight(rtn(weight.detach().float().numpy(), 4, -1))
+    return QuantizedWeight(rtn(weight.detach().float(), 4, -1))
 
 
 @pytest.mark.parametrize(

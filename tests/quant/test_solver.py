@@ -149,7 +149,7 @@ def test_lat_blocks_with_widths_not_divisible_by_8(make_layer, n: int, k: int, g
 
 
 def test_block_order_keeps_blocks_whole() -> None:
-    diag = np.array([1.0] * 8 + [5.0] * 8 + [11.0] * 4)  # K = 20: blocks of 8, 8, 4 score 8, 40, 44
+    diag = torch.tensor([1.0] * 8 + [5.0] * 8 + [11.0] * 4)  # K = 20: blocks of 8, 8, 4 score 8, 40, 44
     perm, slabs = block_order(diag, act_order=True)
     assert perm.tolist() == list(range(16, 20)) + list(range(8, 16)) + list(range(8))
     assert slabs == [(0, 4), (4, 12), (12, 20)]

@@ -102,15 +102,16 @@ def criterion(weight, hessian, percdamp: float = 0.01) -> float:
 
     from llm1bit.quant.numerics.column_solver import gptq_fixup
 
-    w = torch.as_tensor(weight).detach().to("cpu", torch.float64).numpy().copy()
-    h = torch.as_tensor(hessian).detach().to("cpu", torch.float64).numpy().copy()
-    gptq_fixup(w, h, percdamp)  # dead inputs: H_jj = 1, W[:, j] = 0; then the damping
+    w_t = torch.as_tensor(weight).detach().to("cpu", torch.float64, copy=True)
+    h_t = torch.as_tensor(hessian).detach().to("cpu", torch.float64, copy=True)
+    gptq_fixup(w_t, h_t, percdamp)  # dead inputs: H_jj = 1, W[:, j] = 0; then the damping
+    w = w_t.numpy()
     threads = torch.get_num_threads()
     torch.set_num_threads(
         1
     )  # small factorizations: pool workers only spin (see llm1bit.quant.numerics.column_solver)
     try:
-        lower = torch.linalg.cholesky(torch.from_numpy(h))
+        lower = torch.linalg.cholesky(h_t)
         upper = torch.linalg.cholesky(torch.cholesky_inverse(lower), upper=True)
     except RuntimeError as exc:  # torch.linalg.LinAlgError is a RuntimeError
         raise UserError(f"a Hessian is not positive definite even after damping ({exc})") from exc

@@ -8,6 +8,12 @@ A zero residual has log2 = -inf and gives the term 0 (stored as sign 0, exponent
 
 The reference evaluates log2 in float32; here round(log2|v|) is decided exactly (see
 `pot_exponent`), which can differ from a float32 log2 only for values within an ulp of 2**(k+0.5).
+The solver's torch path (`apot_values`, `apot_split`) decides it on the float32 bits instead: with
+|v| = 1.f * 2**E, PoT(|v|) = 2**(E+1) iff 1.f >= sqrt 2, i.e. iff the 23-bit mantissa field is at
+least POT_MANTISSA = ceil((sqrt 2 - 1) * 2**23), so adding 2**23 - POT_MANTISSA to the bits carries
+into the exponent exactly then; masking the exponent field leaves the power of two. That is the same
+rule for every normal float32 (tested against `apot`); a subnormal residual (below 2**-126) rounds to
+2**-126 or 0 there, where `apot` keeps exponents down to -128.
 Scales are float32 like the reference. For float32 inputs in the normal range every partial sum
 is exactly representable: v - s is exact by Sterbenz's lemma (s is within a factor 2 of v) and a
 multiple of the last bit of v, so no term is finer than that bit. `apot` nevertheless returns the
@@ -18,8 +24,10 @@ is dropped rather than stored wrongly."""
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 
 import numpy as np
+import torch
 
 EXP_MIN = -128
 EXP_MAX = 127
@@ -120,3 +128,48 @@ def apot_value(signs: np.ndarray, exps: np.ndarray) -> np.ndarray:
     """Rebuild float32 values from (signs, exps) terms (last axis), summed exactly in float64."""
     terms = signs.astype(np.float64) * np.ldexp(1.0, exps.astype(np.int32))
     return terms.sum(axis=-1).astype(np.float32)
+
+
+# ceil((sqrt(2) - 1) * 2**23): the smallest mantissa field of a value >= sqrt(2) * 2**E
+POT_MANTISSA = 3474676
+_EXP_FIELD = 0x7F800000
+
+
+@lru_cache(maxsize=16)
+def _bit_constants(device: torch.device | str) -> tuple[torch.Tensor, torch.Tensor]:
+    """0-d int32 tensors (cheaper operands than Python integers): the carry offset and the exponent mask."""
+    return (
+        torch.tensor(0x800000 - POT_MANTISSA, dtype=torch.int32, device=device),
+        torch.tensor(_EXP_FIELD, dtype=torch.int32, device=device),
+    )
+
+
+def _pot_abs(r: torch.Tensor) -> torch.Tensor:
+    """PoT(|r|) of a float32 tensor on its device, from its bits (module docstring); 0 where r == 0."""
+    carry, mask = _bit_constants(r.device)
+    return torch.bitwise_and(r.abs().view(torch.int32) + carry, mask).view(torch.float32)
+
+
+def apot_values(v: torch.Tensor, terms: int) -> torch.Tensor:
+    """APoT(v, terms) values of a float32 tensor (the solver's rounds): the same values as `apot`."""
+    s = _pot_abs(v).copysign_(v)
+    for _ in range(1, terms):
+        r = v - s  # exact (module docstring)
+        s = s + _pot_abs(r).copysign_(r)
+    return s
+
+
+def apot_split(v: torch.Tensor, terms: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`apot` of a float32 tensor on its device: (values float32, signs int8 (..., terms), exps int8 (..., terms))."""
+    if terms < 1:
+        raise ValueError(f"apot needs at least one term, got {terms}")
+    s = torch.zeros_like(v)
+    signs, exps = [], []
+    for _ in range(terms):
+        r = v - s
+        p = _pot_abs(r)
+        used = p > 0
+        signs.append(torch.where(used, torch.sign(r), 0.0).to(torch.int8))
+        exps.append(torch.where(used, (p.view(torch.int32) >> 23) - 127, 0).to(torch.int8))
+        s = s + torch.copysign(p, r)
+    return s, torch.stack(signs, -1), torch.stack(exps, -1)
