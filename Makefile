@@ -143,13 +143,15 @@ fig16-results: install $(SMOLLM2_GGUF)
 
 # fig17: perplexity against simulated tokens/s and energy per token of uniform, rank-rule, average-bits and
 # hardware-budget allocations (`llm1bit bits --min-tokens-per-s / --max-energy-per-token-mj`). RESULTS17 holds
-# `llm1bit quantize` folders and their eval results; `make fig17-results` makes it (SmolLM2-135M, fig16's reduced
-# settings, about an hour on 2 CPU cores; scripts/fig17_results.sh).
+# `llm1bit quantize` folders and their eval results; `make fig17-results` makes it (SmolLM2-135M at the README's
+# reduced mixed-bit settings, those of scripts/bench_bits.py: 16 x 512 calibration, first 20 test windows;
+# average-bits budgets BUDGETS, default 2.2,2.5; about an hour on 2 CPU cores; scripts/fig17_results.sh).
 RESULTS17 ?= results/fig17
 .PHONY: fig17 fig17-results
 
-fig17: install
+fig17: install   # decode at batch 1 and, the README's batch-16 column, at batch 16 (-b16 files)
 	$(LLM1BIT) figures --only fig17 --results $(RESULTS17) --backend $(BACKEND) --out figures
+	$(LLM1BIT) figures --only fig17 --results $(RESULTS17) --backend $(BACKEND) --batch 16 --out figures
 
 fig17-results: install $(SMOLLM2_GGUF)
 	bash scripts/fig17_results.sh $(RESULTS17)

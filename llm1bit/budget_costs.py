@@ -26,12 +26,10 @@ from dataclasses import dataclass, field
 
 from llm1bit.costs import Pricing, operand_costs
 from llm1bit.errors import UserError
-from llm1bit.format.bits_file import BITS_MODES
 from llm1bit.hardware import Hardware
-from llm1bit.layer_widths import ProjBits, attach_bits, module_sites
+from llm1bit.layer_widths import Storage, attach_bits, module_sites
 from llm1bit.model_spec import ModelSpec
 from llm1bit.phases import tokens_per_step
-from llm1bit.weight_formats import APOT_TERMS, LAT_COLS
 from llm1bit.workload import MATMUL_FREE, build_workload
 
 # budget kind -> (flag, unit); a "min" kind is met by values >= the budget, the others by values <=.
@@ -41,37 +39,6 @@ KINDS = {
     "max_weight_bytes": ("--max-weight-bytes", "bytes"),
 }
 HARDWARE_KINDS = ("min_tokens_per_s", "max_energy_per_token_mj")  # need --hw
-ROTATION_KEY_BYTES = 2 * 8 + 8  # acc: incoherence_key (two int64) + incoherence_sha256 (8 uint8)
-
-
-@dataclass(frozen=True)
-class Storage:
-    """How `llm1bit quantize` (shiftaddllm) stores a module: mode, groupsize, power-of-two terms, acc's rotation."""
-
-    mode: str = "lat"
-    groupsize: int = -1
-    apot_terms: int = APOT_TERMS
-    incoherence: bool = True
-
-    def nbytes(self, bits: int, n: int, k: int) -> int:
-        """Packed bytes of an N x K module at `bits` (llm1bit.quant.hf.packing): codes q x N x ceil(K/8); one byte
-        per power-of-two term of every scale, whole blocks (lat: 8 columns x ceil(N/8) or groupsize/8 rows; acc:
-        one column x N or groupsize rows); acc with incoherence: a float32 rescale per input, key and checksum."""
-        codes = bits * n * math.ceil(k / 8)
-        if self.mode == "lat":
-            rows = math.ceil(n / LAT_COLS) if self.groupsize <= 0 else self.groupsize // LAT_COLS
-            blocks = math.ceil(k / LAT_COLS) * math.ceil(n / rows)
-        elif self.mode == "acc":
-            rows = n if self.groupsize <= 0 else self.groupsize
-            blocks = k * math.ceil(n / rows)
-        else:
-            raise UserError(f"mode {self.mode!r}: hardware budgets price shiftaddllm lat or acc")
-        rotation = 4 * k + ROTATION_KEY_BYTES if self.mode == "acc" and self.incoherence else 0
-        return codes + blocks * bits * self.apot_terms + rotation
-
-    def proj_bits(self, bits: int, n: int, k: int) -> ProjBits:
-        """The ProjBits `load_quantized_model` reads back for this module from the folder `quantize` writes."""
-        return ProjBits(float(bits), BITS_MODES[self.mode], 8 * self.nbytes(bits, n, k) / (n * k))
 
 
 @dataclass(frozen=True)

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,7 +40,7 @@ from llm1bit.format.safetensors import packed_by_module, safetensors_header
 from llm1bit.hf_config import spec_from_hf_config
 from llm1bit.model_spec import FFN, ModelSpec
 from llm1bit.precision import bits_moved, check_bits, check_format
-from llm1bit.weight_formats import WEIGHT_FORMATS, default_format
+from llm1bit.weight_formats import APOT_TERMS, LAT_COLS, WEIGHT_FORMATS, default_format
 
 _SLICE = "expert slice"  # module_names' marker for expert slices: (block, "expert slice", fused, expert)
 
@@ -51,6 +52,40 @@ class ProjBits:
     bits: float
     fmt: str
     bits_moved: float | None = None
+
+
+ROTATION_KEY_BYTES = 2 * 8 + 8  # acc: incoherence_key (two int64) + incoherence_sha256 (8 uint8)
+
+
+@dataclass(frozen=True)
+class Storage:
+    """How `llm1bit quantize` (shiftaddllm) stores a module: mode, groupsize, power-of-two terms, acc's rotation.
+    A bits file's settings name it; `llm1bit bits`'s hardware budgets price it."""
+
+    mode: str = "lat"
+    groupsize: int = -1
+    apot_terms: int = APOT_TERMS
+    incoherence: bool = True
+
+    def nbytes(self, bits: int, n: int, k: int) -> int:
+        """Packed bytes of an N x K module at `bits` (llm1bit.quant.hf.packing): codes q x N x ceil(K/8); one byte
+        per power-of-two term of every scale, whole blocks (lat: 8 columns x ceil(N/8) or groupsize/8 rows; acc:
+        one column x N or groupsize rows); acc with incoherence: a float32 rescale per input, key and checksum."""
+        codes = bits * n * math.ceil(k / 8)
+        if self.mode == "lat":
+            rows = math.ceil(n / LAT_COLS) if self.groupsize <= 0 else self.groupsize // LAT_COLS
+            blocks = math.ceil(k / LAT_COLS) * math.ceil(n / rows)
+        elif self.mode == "acc":
+            rows = n if self.groupsize <= 0 else self.groupsize
+            blocks = k * math.ceil(n / rows)
+        else:
+            raise UserError(f"mode {self.mode!r}: hardware budgets price shiftaddllm lat or acc")
+        rotation = 4 * k + ROTATION_KEY_BYTES if self.mode == "acc" and self.incoherence else 0
+        return codes + blocks * bits * self.apot_terms + rotation
+
+    def proj_bits(self, bits: int, n: int, k: int) -> ProjBits:
+        """The ProjBits `load_quantized_model` reads back for this module from the folder `quantize` writes."""
+        return ProjBits(float(bits), BITS_MODES[self.mode], 8 * self.nbytes(bits, n, k) / (n * k))
 
 
 def _check_family(model: ModelSpec) -> None:
@@ -133,8 +168,13 @@ def _expert_mean(per: dict[int, ProjBits], shape: tuple[int, int], where: str) -
     return ProjBits(sum(pb.bits for pb in per.values()) / len(per), formats[0], sum(moved) / len(moved))
 
 
-def _attach(model: ModelSpec, per_module: dict[str, ProjBits], what: str) -> ModelSpec:
+def _attach(
+    model: ModelSpec, per_module: dict[str, ProjBits], what: str, storage: Storage | None = None
+) -> ModelSpec:
+    """`model` with each named module's (or expert group's) ProjBits; with `storage`, a width in its mode's format
+    and without measured bytes moves the bytes `quantize` stores for that module (its own shape)."""
     names = _names(model)
+    shapes = _shapes(model)
     known = module_names(model)
     # group names standing for several expert slices: <prefix>mlp.experts.<fused> and <prefix>mlp.experts
     groups: dict[str, list[str]] = {}
@@ -162,6 +202,9 @@ def _attach(model: ModelSpec, per_module: dict[str, ProjBits], what: str) -> Mod
                     f"{what} gives {named[key]} and {name}, two names of one module; give it once"
                 )
             named[key] = name
+            if storage is not None and pb.bits_moved is None and pb.fmt == BITS_MODES[storage.mode]:
+                shape = _slice_shapes(model)[where[2]] if where[1] == _SLICE else shapes.get(where[1])
+                pb = storage.proj_bits(int(pb.bits), *shape) if shape else pb
             if where[1] == _SLICE:
                 head = target[: -len(f"{where[2]}.{where[3]}")]
                 experts.setdefault((where[0], head, where[2]), {})[where[3]] = pb
@@ -229,8 +272,26 @@ def with_bits_config(model: ModelSpec, path: str | Path) -> ModelSpec:
     """Attach the widths of a `llm1bit bits` file (or any {"layers": {module: bits}}) to a config-given model.
 
     The format follows the file's `settings.mode` (lat: bcq-lat, acc: bcq-acc) for the widths that format holds
-    (whole widths 1 to 8), else each width's default."""
-    layers, mode = read_bits_file(path)
+    (whole widths 1 to 8), else each width's default. With a mode, those widths move the bytes `quantize` stores
+    under the file's groupsize, apot_terms and incoherence (`Storage`; `quantize`'s defaults where not given), so
+    the file is priced as `simulate --quantized` prices its folder; without one, the format's own blocks."""
+    layers, stored = read_bits_file(path)
+    mode = stored.get("mode")
+    if mode is None and stored:
+        key = next(iter(stored))
+        raise UserError(
+            f"bits config {path}: settings.{key} without settings.mode (lat or acc), which it describes; add the mode"
+        )
+    storage = None
+    if mode is not None:
+        groupsize = stored.get("groupsize", -1)
+        if mode == "lat" and groupsize > 0 and groupsize % LAT_COLS:
+            raise UserError(
+                f"bits config {path}: settings.groupsize {groupsize} must be a multiple of 8 in lat mode"
+            )
+        storage = Storage(
+            mode, groupsize, stored.get("apot_terms", APOT_TERMS), stored.get("incoherence", True)
+        )
     out = {}
     for name, bits in layers.items():
         if isinstance(bits, bool) or not isinstance(bits, (int, float)):
@@ -245,7 +306,7 @@ def with_bits_config(model: ModelSpec, path: str | Path) -> ModelSpec:
             f"bits config {path}: widths {', '.join(f'{b:g}' for b in raw)} are priced as format raw, exactly "
             "that many bits per weight with no scales or zero points"
         )
-    return _attach(model, out, f"bits config {path}")
+    return _attach(model, out, f"bits config {path}", storage)
 
 
 def priced_by_point(model: ModelSpec) -> bool:

@@ -37,6 +37,8 @@ def results(tmp_path_factory):
         out = json.loads(invoke("eval", "--model", root / name, *evaluate).stdout)
         out["model"] = name
         (root / f"{name}.json").write_text(json.dumps(out))
+    # widths equal to another run's: its eval result, naming that run's folder (as scripts/fig17_results.sh does)
+    (root / "ilp-tps-cloud-b16-2.5.json").write_text((root / "ilp-tps-cloud-2.5.json").read_text())
     return root
 
 
@@ -45,15 +47,18 @@ def test_fig17_numbers_are_the_folders_simulated(results, tmp_path):
     assert {p.suffix for p in tmp_path.iterdir()} == {".png", ".pdf", ".csv"}
     rows = list(csv.DictReader((tmp_path / "fig17-bits-for-the-hardware.csv").open()))
     assert sorted((r["run"], r["hw"]) for r in rows) == [
-        ("ilp-tps-cloud-2.5", "cloud"), ("ilp-tps-cloud-2.5", "edge"), ("uniform2", "cloud"), ("uniform2", "edge"),
+        ("ilp-tps-cloud-2.5", "cloud"), ("ilp-tps-cloud-2.5", "edge"), ("ilp-tps-cloud-b16-2.5", "cloud"),
+        ("ilp-tps-cloud-b16-2.5", "edge"), ("uniform2", "cloud"), ("uniform2", "edge"),
     ]  # fmt: skip
-    assert {r["run"]: r["allocation"] for r in rows} == {
-        "uniform2": "uniform", "ilp-tps-cloud-2.5": "ILP, tokens/s on cloud"
+    assert {r["run"]: (r["allocation"], Path(r["folder"]).name) for r in rows} == {
+        "uniform2": ("uniform", "uniform2"),
+        "ilp-tps-cloud-2.5": ("ILP, tokens/s on cloud", "ilp-tps-cloud-2.5"),
+        "ilp-tps-cloud-b16-2.5": ("ILP, tokens/s on cloud at batch 16", "ilp-tps-cloud-2.5"),
     }  # fmt: skip
     settings = Settings()
     for r in rows:
         assert float(r["perplexity"]) == json.loads((results / f"{r['run']}.json").read_text())["perplexity"]
-        model = load_quantized_model(results / r["run"])
+        model = load_quantized_model(r["folder"])
         (split,) = run_points([Point(model, settings.priced_hardware(r["hw"]), 2048)], "analytic")
         assert float(r["tokens_per_s"]) == pytest.approx(split.tokens_per_s, rel=1e-12)
         assert float(r["energy_per_token_mj"]) == pytest.approx(split.energy_j * 1000, rel=1e-12)

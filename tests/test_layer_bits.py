@@ -227,3 +227,71 @@ def test_a_quantized_folder_given_as_model_says_what_it_prices(folders):
     assert res.exit_code == 0, res.output
     assert "an llm1bit quantized folder given as a model is simulated as its architecture" in res.stderr
     assert json.loads(res.stdout)["config"]["precision"]["weight_bits"] == 16.0
+
+
+def _simulated(*args) -> dict:
+    # stories260K is compute-bound at cloud's bandwidth: at 0.05 GB/s its weight bytes decide the time
+    res = invoke("simulate", *args, "--hw", "cloud", "--dram-gbps", 0.05, "--backend", "analytic", "--json")
+    assert res.exit_code == 0, res.output
+    return json.loads(res.stdout)
+
+
+def test_bits_config_prices_the_bytes_its_settings_store(folders, tmp_path, shared_data):
+    """A bits file's mode and groupsize decide the bytes `simulate --bits-config` prices: the widths of a real lat
+    group-128 folder, given as a bits file with those settings, simulate exactly as the folder does; the same
+    widths at groupsize -1 (8 x N/8-row blocks, here 8 x 8) move other bytes."""
+    folder = folders["lat3"]
+    qc = json.loads((folder / "config.json").read_text())["quantization_config"]
+    layers = {name: meta["bits"] for name, meta in qc["modules"].items()}
+    config = shared_data / "models" / "stories260K"
+    stored = _simulated("--quantized", folder)
+    for groupsize, same in ((128, True), (-1, False)):
+        bits = tmp_path / f"g{groupsize}.json"
+        bits.write_text(json.dumps({"layers": layers, "settings": {"mode": "lat", "groupsize": groupsize}}))
+        priced = _simulated("--model", config, "--bits-config", bits)
+        for key in ("tokens_per_s", "energy_j"):
+            assert (priced[key] == pytest.approx(stored[key], rel=1e-12)) is same, (groupsize, key)
+        moved = {(x["name"], x["filter_bits"]) for x in priced["layers"] if x["part"] == "matmul_free"}
+        assert (
+            moved == {(x["name"], x["filter_bits"]) for x in stored["layers"] if x["part"] == "matmul_free"}
+        ) is same
+    # lat, groupsize -1: 3 x 64 x ceil(172/8) code bytes + ceil(172/8) x 8 blocks x 3 planes x 3 terms, per down_proj
+    (down,) = {x["filter_bits"] for x in priced["layers"] if x["name"] == "down_proj"}
+    assert down == pytest.approx(8 * (3 * 64 * 22 + 22 * 8 * 3 * 3) / (64 * 172), rel=1e-12)
+
+
+@pytest.mark.parametrize(
+    "settings, match",
+    [
+        ({"groupsize": 128}, "settings.groupsize without settings.mode"),
+        ({"mode": "lat", "groupsize": 12}, "settings.groupsize 12 must be a multiple of 8 in lat mode"),
+        ({"mode": "lat", "groupsize": "128"}, "settings.groupsize '128'; allowed: -1 or a positive integer"),
+        ({"mode": "acc", "groupsize": 0}, "settings.groupsize 0; allowed: -1 or a positive integer"),
+        ({"mode": "acc", "apot_terms": 9}, "settings.apot_terms 9; allowed: an integer 1 to 8"),
+        ({"mode": "acc", "incoherence": "yes"}, "settings.incoherence 'yes'; allowed: true or false"),
+    ],
+)
+def test_bits_config_storage_settings_are_checked(tmp_path, shared_data, settings, match):
+    bits = tmp_path / "alloc.json"
+    bits.write_text(json.dumps({"layers": {"model.layers.0.mlp.down_proj": 2}, "settings": settings}))
+    res = invoke("simulate", "--model", shared_data / "models" / "stories260K", "--bits-config", bits,
+                 "--backend", "analytic")  # fmt: skip
+    assert res.exit_code == 1 and match in res.output and len(res.output.strip().splitlines()) == 1, (
+        res.output
+    )
+
+
+def test_quantize_refuses_settings_that_contradict_the_bits_file(tmp_path, shared_data):
+    bits = tmp_path / "alloc.json"
+    settings = {"mode": "lat", "groupsize": 128, "apot_terms": 3, "incoherence": False}
+    bits.write_text(json.dumps({"layers": {"model.layers.0.mlp.down_proj": 2}, "settings": settings}))
+    common = ["quantize", "--model", shared_data / "models" / "stories260K", "--calib",
+              shared_data / "tinystories" / "valid-head.txt", "--bits-config", bits]  # fmt: skip
+    for args, match in (
+        (["--mode", "lat"], "chosen for settings.groupsize 128, but this run has groupsize -1 (--groupsize)"),
+        (["--groupsize", 128], 'chosen for settings.mode "lat", but this run has mode "acc" (--mode)'),
+        (["--mode", "lat", "--groupsize", 128, "--apot-terms", 2], "settings.apot_terms 3, but this run has"),
+    ):
+        res = invoke(*common, *args, "-o", tmp_path / "q")
+        assert res.exit_code == 1 and match in res.output, res.output
+        assert len(res.output.strip().splitlines()) == 1 and not (tmp_path / "q").exists()

@@ -73,7 +73,7 @@ COST_GIVEN = ("weight_bits", "weight_format")  # refused: the allocation gives e
 @batch_option
 @phase_option
 @backend_option("analytic", help="Simulator of a time or energy budget (as `simulate`).")
-@cost_options(act_kv_lists=False)
+@cost_options(act_kv_lists=False, hide_weight=True)  # refused (COST_GIVEN): hidden
 @click.option("--candidates", default="2,3", show_default=True, help="Bit widths a layer may get.")
 @click.option("--solver", default="ilp", show_default=True, help="ilp (PuLP/CBC) or rank (reference §6.2).")
 @click.option(

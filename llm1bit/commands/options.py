@@ -304,10 +304,14 @@ COST_FIELDS = tuple(f.name for f in dataclasses.fields(CostArgs))
 
 
 def cost_options(
-    act_kv_lists: bool = True, weight_bits_default: str | None = "16", weight_bits_help: str | None = None
+    act_kv_lists: bool = True,
+    weight_bits_default: str | None = "16",
+    weight_bits_help: str | None = None,
+    hide_weight: bool = False,
 ):
     """--weight-bits / --act-bits / --kv-bits / --weight-format / --freq-mhz / --dram-gbps / --energy-table /
-    --bcq-compute, handed to the command as one `cost: CostArgs` argument.
+    --bcq-compute, handed to the command as one `cost: CostArgs` argument. `hide_weight`: --weight-bits and
+    --weight-format stay out of --help (a command that refuses them, its widths being its own).
 
     --weight-bits takes a comma-separated list (one result per width); so do --act-bits and --kv-bits unless
     `act_kv_lists` is False (the command then refuses a list of them). A --weight-bits left at its default
@@ -321,7 +325,11 @@ def cost_options(
     lists = ", comma-separated" if act_kv_lists else ""
     options = (
         click.option(
-            "--weight-bits", default=weight_bits_default, show_default=bool(weight_bits_default), help=wb_help
+            "--weight-bits",
+            default=weight_bits_default,
+            show_default=bool(weight_bits_default),
+            help=wb_help,
+            hidden=hide_weight,
         ),
         click.option(
             "--act-bits", default="16", show_default=True, help=f"Activation bits (ifmap, ofmap){lists}."
@@ -332,6 +340,7 @@ def cost_options(
             default=None,
             callback=nonempty,
             help=f"{', '.join(WEIGHT_FORMATS)} [default: {defaults_text()}].",
+            hidden=hide_weight,
         ),
         click.option("--freq-mhz", type=float, default=None, help="Clock [default: the .cfg's [llm1bit]]."),
         click.option(

@@ -104,7 +104,7 @@ def quantize(
     gptq and shiftaddllm; never calibrate on the text you evaluate on. The output folder appears only
     when complete; an interrupted run keeps its finished layers in a hidden folder beside it, and the
     same command run again resumes from them."""
-    from llm1bit.format.bits_file import read_bits_file
+    from llm1bit.format.bits_file import check_storage, read_bits_file
     from llm1bit.quant.device import check_device
     from llm1bit.quant.numerics.methods import QuantSpec
 
@@ -119,7 +119,9 @@ def quantize(
         act_order=act_order,
         seed=seed,
     ).validate()
-    layer_bits = read_bits_file(bits_config)[0] if bits_config else None
+    layer_bits, stored = read_bits_file(bits_config) if bits_config else (None, {})
+    if method == "shiftaddllm":  # the method whose storage a bits file's settings describe
+        check_storage(bits_config, stored, spec.to_dict())
     out = Path(output)
     if out.exists() and not out.is_dir():
         raise UserError(f"output {out} exists and is not a folder")

@@ -5,8 +5,10 @@ at the points the average-bits allocations reach.
 
 The results folder is fig16's kind (`llm1bit quantize` folders and their `llm1bit eval --json` results, read by
 `quality.read_runs`); `scripts/fig17_results.sh` (or `make fig17-results`) makes it, naming each run by how its
-widths were chosen (uniform2, rank-2.2, ilp-bits-2.2, ilp-tps-cloud-2.2, ilp-mj-edge-2.2, ...), which colours it
-here. Each folder is simulated as stored (`simulate --quantized`), decode batch `batch`, l = `amdahl_len`."""
+widths were chosen (uniform2, rank-2.2, ilp-bits-2.2, ilp-tps-cloud-2.2, ilp-tps-cloud-b16-2.2, ilp-mj-edge-2.2,
+...), which colours it here; a run whose widths equal another's names that run's folder. Each folder is simulated
+as stored (`simulate --quantized`), decode batch `batch`, l = `amdahl_len` (a batch-16 budget's run too: its point
+at the figure's batch)."""
 
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ FAMILIES = (
     ("uniform", "uniform", "#7f7f7f"),
     ("rank", "rank rule", "#9467bd"),
     ("ilp-bits", "ILP, average bits", "#1f77b4"),
+    ("ilp-tps-cloud-b16", "ILP, tokens/s on cloud at batch 16", "#e377c2"),
     ("ilp-tps-cloud", "ILP, tokens/s on cloud", "#d62728"),
     ("ilp-tps-edge", "ILP, tokens/s on edge", "#ff7f0e"),
     ("ilp-mj-edge", "ILP, mJ/token on edge", "#2ca02c"),

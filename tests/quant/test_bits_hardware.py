@@ -76,11 +76,12 @@ def runs(tmp_path_factory):
         torch.set_num_threads(threads)
 
 
-def simulated(kind: str, folder: Path, hw: tuple[str, ...]) -> float:
-    """The budget's quantity as `simulate --quantized --json` reports it for the folder."""
+def simulated(kind: str, folder: Path, hw: tuple[str, ...], source: tuple = ()) -> float:
+    """The budget's quantity as `simulate --quantized --json` reports it for the folder (or as `simulate` does for
+    `source`, e.g. --model M --bits-config FILE)."""
     if kind == "max_weight_bytes":
         hw = ("--hw", "cloud")
-    res = invoke("simulate", "--quantized", folder, *hw, "--backend", "analytic", "--json")
+    res = invoke("simulate", *(source or ("--quantized", folder)), *hw, "--backend", "analytic", "--json")
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
     if kind == "min_tokens_per_s":
@@ -103,6 +104,37 @@ def test_quantized_folder_reproduces_predicted_and_meets_the_budget(runs, kind: 
     budget = data["budget"]["value"]
     assert value >= budget * (1 - 1e-12) if kind == "min_tokens_per_s" else value <= budget * (1 + 1e-12)
     assert data["settings"]["budget"] == data["budget"]
+
+
+@pytest.mark.parametrize("kind", ["min_tokens_per_s", "max_energy_per_token_mj", "max_weight_bytes"])
+def test_simulate_bits_config_prices_the_file_as_its_folder(runs, kind: str, tmp_path: Path) -> None:
+    """`simulate --bits-config` prices the bytes `quantize` stores under the file's settings (mode, groupsize):
+    it reproduces `predicted`; and a file chosen for groupsize 16, quantized with --groupsize 16, simulates as its
+    folder, while quantize with another groupsize is refused."""
+    data, folder, hw = runs["hw"][kind]
+    alloc = tmp_path / "alloc.json"
+    alloc.write_text(json.dumps(data))
+    value = simulated(kind, folder, hw, ("--model", STORIES, "--bits-config", alloc))
+    assert value == pytest.approx(data["predicted"], rel=1e-9)
+    if kind != "min_tokens_per_s":
+        return
+    g16 = tmp_path / "g16.json"
+    g16.write_text(json.dumps({**data, "settings": {**data["settings"], "groupsize": 16}}))
+    res = invoke(
+        "quantize", "--model", STORIES, "--mode", "lat", "--bits-config", g16, *TINY, "-o", tmp_path / "no"
+    )
+    assert_one_line_error(
+        res, "chosen for settings.groupsize 16, but this run has groupsize -1 (--groupsize)"
+    )
+    assert not (tmp_path / "no").exists()
+    q = tmp_path / "q16"
+    res = invoke("quantize", "--model", STORIES, "--mode", "lat", "--groupsize", "16", "--bits-config", g16, *TINY,
+                 "-o", q)  # fmt: skip
+    assert res.exit_code == 0, res.output
+    priced = simulated(kind, folder, hw, ("--model", STORIES, "--bits-config", g16))
+    assert priced == pytest.approx(simulated(kind, q, hw), rel=1e-12) and priced != pytest.approx(
+        value, rel=1e-6
+    )
 
 
 @pytest.mark.parametrize("kind", ["min_tokens_per_s", "max_energy_per_token_mj", "max_weight_bytes"])
@@ -141,6 +173,7 @@ def test_average_bits_output_keeps_its_keys(runs) -> None:
         (("--budget", "2.2", *EDGE), "--hw prices a hardware budget"),
         (("--max-weight-bytes", "8e4", *EDGE), "--hw prices a hardware budget"),
         (("--min-tokens-per-s", "100", *EDGE, "--weight-bits", "4"), "--weight-bits"),
+        (("--min-tokens-per-s", "100", *EDGE, "--weight-format", "int"), "--weight-format"),
         (("--min-tokens-per-s", "100", *EDGE, "--solver", "rank"), "--solver rank takes --budget"),
         # unreachable: refused before measuring, with the best value any allocation reaches
         (("--min-tokens-per-s", "1e9", *CLOUD), "the best any allocation reaches is"),
@@ -153,3 +186,8 @@ def test_refusals_are_one_line_and_write_nothing(tmp_path: Path, args: tuple[str
     result = invoke("bits", "--model", STORIES, *TINY, *args, "-o", out)
     assert_one_line_error(result, match)
     assert not out.exists()
+
+
+def test_help_leaves_out_the_refused_weight_options() -> None:
+    text = invoke("bits", "--help").output
+    assert "--act-bits" in text and "--weight-bits" not in text and "--weight-format" not in text

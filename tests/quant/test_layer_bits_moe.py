@@ -131,9 +131,11 @@ def test_bits_config_names_expert_slices(tmp_path) -> None:
         "model.layers.1.mlp.experts": 2,
         "model.layers.0.self_attn.q_proj": 3,
     }
-    model = with_bits_config(load_hf_config(_config(tmp_path, "mixtral")), _bits_file(tmp_path, layers))
+    bits = _bits_file(tmp_path, layers)
+    bits.write_text(json.dumps({"layers": layers, "settings": {"mode": "lat", "groupsize": 128}}))
+    model = with_bits_config(load_hf_config(_config(tmp_path, "mixtral")), bits)
     b0, b1 = (dict(block) for block in model.proj_bits)
-    lat = 1 + 3 * 8 / 128  # bcq-lat bits moved per code bit
+    lat = 1 + 3 * 8 / 128  # bits moved per code bit: lat group 128, 3 scale bytes per plane per 128 weights
     assert (b0["expert.down_proj"].bits, b0["expert.down_proj"].fmt) == (2.5, "bcq-lat")
     assert b0["expert.down_proj"].bits_moved == pytest.approx((2 + 4 + 2 + 2) / 4 * lat, rel=1e-12)
     assert b0["expert.gate_proj"] == b0["expert.up_proj"] and b0["expert.up_proj"].bits_moved == 3 * lat
