@@ -90,13 +90,14 @@ def test_decode_of_a_quantized_folder_against_its_bf16_source(folders) -> None:
     folder = folders["lat3"]
     result = invoke(
         "bench", "--model", str(folder), "--prompt-len", "16", "--gen", "4", "--threads", "1",
-        "--repeats", "1", "--baseline", "bf16", "--json",
+        "--repeats", "1", "--baseline", "bf16", "--no-compile", "--json",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     r = json.loads(result.output)
     check_consistent(r)
     check_consistent(r["baseline"])
     assert r["kernel"].startswith("lut-") and r["baseline"]["kernel"] == "none"
+    assert r["loop"] == r["baseline"]["loop"] == "eager" and r["compile_s"] is None and "loop_note" not in r
     assert r["baseline"]["label"].startswith("bf16 source model") and "stories260K" in r["baseline"]["label"]
     b, base = r["bytes"], r["baseline"]["bytes"]
     # the quantized projections weigh what the simulator prices; lm_head once (tied or not), one embedding row
@@ -125,8 +126,9 @@ def test_baseline_without_its_source_is_the_dequantized_folder(folders, tmp_path
     cfg["quantization_config"]["source_model"] = str(tmp_path / "gone")
     (moved / "config.json").write_text(json.dumps(cfg))
     r = speed.bench_decode(
-        str(moved), prompt_len=8, gen=2, threads=1, baseline="bf16", repeats=1, breakdown=False
-    )
+        str(moved), prompt_len=8, gen=2, threads=1, baseline="bf16", repeats=1, breakdown=False,
+        compile_step=False,
+    )  # fmt: skip
     assert (
         r["baseline"]["label"].startswith("bf16 dequantized weights of")
         and "not found" in r["baseline"]["label"]
@@ -137,11 +139,69 @@ def test_baseline_without_its_source_is_the_dequantized_folder(folders, tmp_path
 @needs_kernel
 def test_text_output_and_kernel_choice(folders) -> None:
     result = invoke("bench", "--model", str(folders["lat3"]), "--prompt-len", "8", "--gen", "2", "--threads", "1",
-                    "--repeats", "1", "--kernel", "dense")  # fmt: skip
+                    "--repeats", "1", "--kernel", "dense", "--no-compile")  # fmt: skip
     assert result.exit_code == 0, result.output
     assert "decode" in result.output and "bound" in result.output and "kernel dense" in result.output
-    r = speed.bench_decode(str(folders["rtn3"]), prompt_len=8, gen=2, threads=1, repeats=1, breakdown=False)
+    r = speed.bench_decode(
+        str(folders["rtn3"]), prompt_len=8, gen=2, threads=1, repeats=1, breakdown=False, compile_step=False
+    )
     assert r["kernel"] == "dense"  # uniform codes: the dense path under auto
+
+
+@needs_kernel
+def test_a_step_that_does_not_compile_is_timed_eager_with_a_note(folders, monkeypatch) -> None:
+    """Whatever torch.compile raises (here: an option inductor does not know) costs a note, not the run."""
+    monkeypatch.setattr(speed, "COMPILE_OPTIONS", {"no_such_inductor_option": 1})
+    r = speed.bench_decode(str(folders["lat3"]), prompt_len=8, gen=2, threads=1, repeats=1, compile_step=True)
+    assert r["loop"] == "eager" and r["compile_s"] is None and r["decode_tokens_per_s"] > 0
+    assert r["loop_note"].startswith("torch.compile failed (RuntimeError: Unexpected optimization option")
+    assert r["loop_note"].endswith("the eager step was timed") and "\n" not in r["loop_note"]
+    assert r["seconds_per_token"]["quantized_linears"] > 0  # the eager breakdown (hooks)
+
+
+@pytest.mark.slow
+@needs_kernel
+def test_compiled_step_equals_eager_and_the_bench_names_its_loop(folders) -> None:
+    """The whole stories260K decode step compiled (inductor, one graph) against the eager step, in float32:
+    the same logits to 1e-5 of their largest, the same greedy tokens. Slow: compiling takes 5-30 s."""
+    import torch._dynamo
+
+    from llm1bit.quant.hf.checkpoint import load_quantized
+
+    model = load_quantized(folders["lat3"]).float()
+    prompt = torch.randint(0, 512, (1, 12), generator=torch.Generator().manual_seed(0))
+    logits = {}
+    try:
+        with torch.inference_mode():
+            for compiled in (False, True):
+                stepper = speed.decode_step(model, prompt, 12 + 9, compiled)
+                assert stepper.loop == ("compiled" if compiled else "eager") and stepper.note is None
+                cache = stepper.new_cache()
+                token = stepper.prefill(prompt, cache).logits[:, -1:].argmax(-1)
+                rows = []
+                for i in range(8):
+                    out = stepper.decode(token, cache, 12 + i).logits[:, -1]
+                    token = out.argmax(-1, keepdim=True)
+                    rows.append(out)
+                logits[compiled] = torch.cat(rows)
+    finally:
+        torch._dynamo.reset()
+    eager, compiled_logits = logits[False], logits[True]
+    assert torch.equal(eager.argmax(-1), compiled_logits.argmax(-1))
+    assert float((compiled_logits - eager).abs().max()) <= 1e-5 * float(eager.abs().max())
+    result = invoke("bench", "--model", str(folders["lat3"]), "--prompt-len", "8", "--gen", "4", "--threads", "1",
+                    "--repeats", "1", "--baseline", "bf16", "--compile", "--json")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    r = json.loads(result.output)
+    check_consistent(r)
+    for x in (r, r["baseline"]):
+        assert x["loop"] == "compiled" and x["compile_s"] > 0 and "loop_note" not in x
+        parts = x["seconds_per_token"]
+        assert math.isclose(
+            sum(parts[k] for k in ("quantized_linears", "other_linears", "rest")), parts["total"]
+        )
+    assert r["seconds_per_token"]["quantized_linears"] > 0  # timed inside the ops
+    assert r["baseline"]["seconds_per_token"]["other_linears"] > 0
 
 
 @needs_kernel
@@ -234,6 +294,7 @@ def test_gemv_fields_and_consistency() -> None:
         (["--gemv", "64x64", "--wbits", "3", "--groupsize", "100"], "--groupsize 100"),
         (["--gemv", "64x64", "--wbits", "3", "--model", STORIES], "leave out --model"),
         (["--gemv", "64x64", "--wbits", "3", "--gen", "3"], "--gen: not used with --gemv"),
+        (["--gemv", "64x64", "--wbits", "3", "--no-compile"], "--compile/--no-compile: not used with --gemv"),
         (["--gemv", "64x64", "--wbits", "3", "--kernel", "dense"], "--kernel"),
         (["--model", STORIES, "--wbits", "3"], "--wbits: only used with --gemv"),
         ([], "give --model PATH"),

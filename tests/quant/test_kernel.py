@@ -466,3 +466,188 @@ def test_many_rows_take_a_dense_matmul_and_stay_right(monkeypatch, dtype) -> Non
     monkeypatch.setenv("LLM1BIT_KERNEL", "auto")
     gemv.forward(layer, x[:64].to(dtype))
     assert not calls  # up to 64 rows: the kernel, in either dtype
+
+
+# ---------------------------------------------------------------- scales held once per value (mode 0)
+
+
+def lat_packed(n: int, k: int, q: int, seed: int, distinct: int = 40) -> tuple[dict, dict]:
+    """A packed lat layer whose scale terms take `distinct` values, as real ones take a few hundred (random
+    terms take thousands, and the layout then keeps fp32 scales)."""
+    tensors, meta = pack(random_weight("lat", n, k, q, 128, seed=seed), q)
+    terms = tensors["scale_terms"]
+    gen = torch.Generator().manual_seed(seed)
+    pool = terms.reshape(-1, terms.shape[-1])[torch.randperm(terms[..., 0].numel(), generator=gen)[:distinct]]
+    pick = torch.randint(0, len(pool), terms.shape[:-1], generator=gen)
+    tensors["scale_terms"] = pool[pick].contiguous()
+    return tensors, meta
+
+
+def test_lat_scales_indexed_or_fp32_give_the_same_bits(monkeypatch) -> None:
+    """Lat layouts hold each distinct scale once (uint16 index); past MAX_DISTINCT_SCALES values, fp32 per
+    entry. Both feed the kernel (both instruction sets) and the dense rebuild the same fp32 scales."""
+    from llm1bit.quant.hf.kernel import dense_weight
+    from llm1bit.quant.hf.kernel import layout as layout_mod
+
+    tensors, meta = lat_packed(333, 300, 3, seed=3)
+    indexed = prepare(tensors, meta)
+    assert indexed.alpha_index is not None and indexed.alpha_index.dtype == np.uint16
+    monkeypatch.setattr(layout_mod, "MAX_DISTINCT_SCALES", 4)
+    plain = prepare(tensors, meta)
+    assert plain.alpha_index is None and plain.alpha.dtype == np.float32
+    assert indexed.nbytes < plain.nbytes
+    assert np.array_equal(indexed.alpha[indexed.alpha_index], plain.alpha)
+    x = torch.randn(5, 300, generator=torch.Generator().manual_seed(0))
+    for path in PATHS:
+        assert torch.equal(lut_linear(indexed, x, isa=path), lut_linear(plain, x, isa=path))
+    assert torch.equal(dense_weight(indexed, torch.float32), dense_weight(plain, torch.float32))
+
+
+# ---------------------------------------------------------------- bf16 GEMV (unquantized linears)
+
+BF16_PATHS = [
+    p for p, isa in (("avx2", 1), ("avx512", 2), ("avx512bf16", 3)) if LIB is not None and isa <= LIB.bf16_isa
+]
+
+
+@pytest.mark.parametrize("path", BF16_PATHS)
+@pytest.mark.parametrize("n,k", [(1, 1), (37, 45), (129, 33), (5, 100), (576, 1536), (1000, 576)])
+def test_bf16_gemv_against_float64(path: str, n: int, k: int) -> None:
+    """bf16 inputs (exact products in fp32), fp32 sums: max|y - y_ref| <= 1e-5 max|y_ref| against float64."""
+    from llm1bit.quant.hf.kernel.bf16 import gemv_bf16
+
+    gen = torch.Generator().manual_seed(n * 1000 + k)
+    w = torch.randn(n, k, generator=gen).to(torch.bfloat16)
+    x = torch.randn(1, k, generator=gen).to(torch.bfloat16)
+    ref = w.double() @ x.double().reshape(k)
+    for threads in (1, 2):
+        y = gemv_bf16(x, w, threads=threads, isa=path)
+        assert y.dtype == torch.float32 and y.shape == (n,)
+        assert float((y.double() - ref).abs().max()) <= TOL * float(ref.abs().max())
+    strided = torch.randn(n, k + 7, generator=gen).to(torch.bfloat16)[:, :k]  # a row stride other than k
+    ref = strided.double() @ x.double().reshape(k)
+    y = gemv_bf16(x, strided, isa=path)
+    assert float((y.double() - ref).abs().max()) <= TOL * float(ref.abs().max())
+
+
+def test_gemv_linear_takes_the_c_path_for_decode_calls_only(monkeypatch) -> None:
+    """A GemvLinear (what the loaders make of a quantized model's unquantized linears) runs the C GEMV for one
+    bf16 row under auto / lut, F.linear otherwise; the output is the fp32 result (+ bias) rounded once."""
+    from llm1bit.quant.hf.kernel import bf16 as bf16_mod
+
+    monkeypatch.setattr(bf16_mod, "MIN_WEIGHTS", 1)
+    model = torch.nn.Sequential(
+        torch.nn.Linear(300, 517), torch.nn.ReLU(), torch.nn.Linear(517, 64, bias=False)
+    )
+    assert bf16_mod.attach(model) == 2 and isinstance(model[0], bf16_mod.GemvLinear)
+    model.to(torch.bfloat16)
+    lin = model[0]
+    calls = []
+    real = bf16_mod.gemv_bf16
+    monkeypatch.setattr(bf16_mod, "gemv_bf16", lambda *a, **kw: calls.append(1) or real(*a, **kw))
+    x = torch.randn(1, 1, 300).to(torch.bfloat16)
+    monkeypatch.setenv("LLM1BIT_KERNEL", "auto")
+    with torch.inference_mode():
+        y = lin(x)
+    assert calls and y.dtype == torch.bfloat16 and y.shape == (1, 1, 517)
+    want = (real(x, lin.weight) + lin.bias.float()).to(torch.bfloat16).reshape(1, 1, 517)
+    assert torch.equal(y, want)
+    ref = x.double().reshape(300) @ lin.weight.detach().double().T + lin.bias.detach().double()
+    # one bf16 rounding of the output
+    assert float((y.double().reshape(517) - ref).abs().max()) <= 1e-2 * float(ref.abs().max())
+    calls.clear()
+    with torch.inference_mode():
+        lin(torch.randn(2, 300).to(torch.bfloat16))  # two rows: torch
+    lin(x)  # gradients wanted (the weight requires them): torch
+    monkeypatch.setenv("LLM1BIT_KERNEL", "dense")
+    with torch.inference_mode():
+        lin(x)
+    assert not calls
+    import pickle
+
+    again = pickle.loads(pickle.dumps(model))
+    assert isinstance(again[0], bf16_mod.GemvLinear)
+
+
+def test_gemv_linear_is_one_op_under_torch_compile(monkeypatch) -> None:
+    """Compiled (as the bench's decode step is), a decode-shaped call is the `llm1bit::bf16_linear` op: the
+    same bits as the eager call."""
+    from llm1bit.quant.hf.kernel import bf16 as bf16_mod
+
+    monkeypatch.setattr(bf16_mod, "MIN_WEIGHTS", 1)
+    lin = torch.nn.Linear(96, 333).to(torch.bfloat16)
+    bf16_mod.attach(torch.nn.ModuleList([lin]))
+    x = torch.randn(1, 1, 96).to(torch.bfloat16)
+    torch._dynamo.reset()
+    with torch.inference_mode():
+        eager = lin(x)
+        graphs = []
+
+        def backend(gm, example_inputs):
+            graphs.append(gm)
+            return gm.forward
+
+        compiled = torch.compile(lin, backend=backend, fullgraph=True)(x)
+    assert torch.equal(compiled, eager)
+    assert any("llm1bit.bf16_linear" in str(node.target) for gm in graphs for node in gm.graph.nodes)
+
+
+@pytest.mark.parametrize(("mode", "n", "k", "q"), [("lat", 333, 300, 3), ("lat", 173, 1000, 2)])
+def test_packed_scales_give_the_stored_scales_back(mode: str, n: int, k: int, q: int) -> None:
+    from llm1bit.quant.hf.kernel.layout import packed_scales
+
+    tensors, meta = lat_packed(n, k, q, seed=n)
+    prepared = prepare(tensors, meta)
+    assert prepared.scales_stored is not None and prepared.scales_stored.name == "scale_terms"
+    assert np.array_equal(packed_scales(prepared), tensors["scale_terms"].numpy())
+    # float32 scales (format "binary"), -0.0 among them: given back bit for bit
+    scales = torch.rand(40) * 0.1
+    scales = scales[torch.randint(0, 40, (-(-k // 8), -(-n // 16), q))]
+    scales[0, 0, 0] = -0.0
+    tensors = {"codes": tensors["codes"], "scales": scales}
+    meta = {**meta, "format": "binary", "col_block": 8, "row_block": 16}
+    meta.pop("apot_terms", None)
+    prepared = prepare(tensors, meta)
+    back = packed_scales(prepared)
+    assert back.dtype == np.float32 and np.array_equal(back.view(np.uint32), scales.numpy().view(np.uint32))
+
+
+def test_a_served_lat_layer_holds_its_scales_once(monkeypatch) -> None:
+    """A served lat layer releases its stored scale terms too (the layout's index gives them back): state_dict,
+    `quantized` and a move give the same bits."""
+    from llm1bit.quant.hf.kernel import forward
+    from llm1bit.quant.hf.linear import QuantLinear
+    from llm1bit.quant.hf.packing import unpack
+
+    monkeypatch.setenv("LLM1BIT_KERNEL", "auto")
+    tensors, meta = lat_packed(333, 300, 3, seed=4)
+    quantized = unpack(tensors, meta)
+    layer = QuantLinear(None, None, packed=({key: t.clone() for key, t in tensors.items()}, meta))
+    terms = layer.scale_terms.clone()
+    x = torch.randn(2, 300)
+    y = forward(layer, x)
+    assert layer._buffers["scale_terms"] is None and "scale_terms" not in dict(layer.named_buffers())
+    assert torch.equal(layer.state_dict()["scale_terms"], terms)
+    assert torch.equal(layer.packed_tensors()["scale_terms"], terms)
+    assert torch.equal(layer.quantized.codes.scales, quantized.codes.scales)
+    assert torch.equal(forward(layer, x), y)
+    layer.restore_codes()
+    assert torch.equal(layer.scale_terms, terms) and not layer.codes_released
+
+
+@pytest.mark.parametrize("mode", ["lat", "bcq", "acc"])
+def test_bf16_activations_give_the_fp32_path_rounded_once(mode: str) -> None:
+    """bf16 x: converted in C (lat / bcq) or by torch (acc), the same bits as fp32 x, the fp32 result plus
+    the bias rounded once to bf16."""
+    tensors, meta = pack(random_weight(mode, 173, 77, 3, 128, seed=2), 3)
+    prepared = prepare(tensors, meta)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3, 2, 77, generator=gen).to(torch.bfloat16)
+    bias = torch.randn(173, generator=gen)
+    for path in PATHS:
+        for b in (None, bias):
+            y = lut_linear(prepared, x, b, isa=path)
+            ref = lut_linear(prepared, x.float(), isa=path)
+            if b is not None:
+                ref = ref + b
+            assert y.dtype == torch.bfloat16 and torch.equal(y, ref.to(torch.bfloat16))

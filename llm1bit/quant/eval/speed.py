@@ -4,7 +4,7 @@
                       than the last-level cache, with the same thread count as the timed code.
 * `bench_decode`      prefill and decode tokens/s of a model (folder, .gguf or quantized folder) through one
                       loop that keeps per-token overhead small (a static KV cache, one forward per token, no
-                      `generate` machinery), the bytes each decode token reads, the bound and the fraction of it
+                      `generate` machinery, the 1-token step compiled by torch.compile), the bytes each decode token reads, the bound and the fraction of it
                       reached; optionally the same for its bf16 baseline through the same loop.
 * `bench_gemv`        one layer of a given shape on random codes: the LUT kernel against torch `F.linear` on
                       bf16 / fp32 weights and against the dense rebuild, every method rotating over at least
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import gc
 import inspect
 import os
 import platform
@@ -36,6 +37,10 @@ if TYPE_CHECKING:
 MIN_SETS = 8  # distinct weight sets in rotation per method (--gemv)
 MAX_SETS = 512
 GEMV_MODES = ("lat", "acc")
+# inductor's own kernels in the compiled decode step run on one thread: at one token they touch a few thousand
+# values, and an OpenMP region per fused kernel (3-4 a layer) costs more in thread hand-offs than it saves, most
+# of all beside the LUT kernel's own threads on a busy 2-core machine
+COMPILE_OPTIONS = {"cpp.threads": 1}
 RESULT_FIELDS = (
     "decode_tokens_per_s",
     "prefill_tokens_per_s",
@@ -453,6 +458,87 @@ def held_bytes(model: nn.Module) -> int:
     return total
 
 
+def stored_bytes(model: nn.Module) -> int:
+    """Bytes of the model as stored: the packed tensors of quantized linears (a released `codes` at its packed
+    size) plus every other parameter and buffer in its current dtype, tied tensors once. What `held_bytes`
+    is measured against: the target is to hold no more than this."""
+    import numpy as np
+
+    from llm1bit.quant.hf.kernel.gemv import _ATTR
+    from llm1bit.quant.hf.linear import QuantLinear
+
+    total, seen = 0, set()
+    for module in model.modules():
+        if isinstance(module, QuantLinear):
+            prepared = module.__dict__.get(_ATTR)
+            for key in module.packed_names:
+                t = module._buffers.get(key)
+                if t is not None:
+                    total += _nbytes(t)
+                elif key == "codes":  # released: q planes x N rows x ceil(K / 8) bytes
+                    total += module.bits * module.out_features * -(-module.in_features // 8)
+                elif prepared is not None and prepared.scales_stored is not None:  # released lat scales
+                    shape = prepared.scales_stored.shape
+                    total += int(np.prod(shape)) * (4 if prepared.scales_stored.name == "scales" else 1)
+            if module.bias is not None:
+                total += _nbytes(module.bias)
+                seen.add(module.bias.data_ptr())
+            continue
+        for t in list(module.parameters(recurse=False)) + list(module.buffers(recurse=False)):
+            if t is None or t.data_ptr() in seen:
+                continue
+            seen.add(t.data_ptr())
+            total += _nbytes(t)
+    return total
+
+
+def warm_runtime(path: Path) -> None:
+    """Run a tiny random model of the folder's architecture (one layer, hidden size 64) through a prefill and
+    two decode steps in bf16, so that the resident memory measured after this counts the model, not the one-time
+    state of the runtime (lazily imported code, torch's and oneDNN's first-call setup, thread pools: ~15-25 MB
+    on SmolLM2's run, which a bf16 model pays as well)."""
+    import copy
+
+    import torch
+    from transformers import AutoModelForCausalLM, StaticCache
+
+    from llm1bit.format.folder import is_quantized_folder, read_quantized_config
+    from llm1bit.quant.hf.checkpoint import base_config
+
+    if not (path / "config.json").is_file():
+        return
+    try:
+        if is_quantized_folder(path):
+            config = base_config(read_quantized_config(path)[0])
+        else:
+            from transformers import AutoConfig
+
+            config = AutoConfig.from_pretrained(path)
+        config = copy.deepcopy(config)
+        text = config.get_text_config()
+        heads = 2
+        for key, value in (("hidden_size", 64), ("intermediate_size", 128), ("num_hidden_layers", 1),
+                           ("num_attention_heads", heads), ("num_key_value_heads", 1), ("head_dim", 32),
+                           ("vocab_size", 256)):  # fmt: skip
+            if hasattr(text, key):
+                setattr(text, key, value)
+        if hasattr(text, "layer_types") and text.layer_types:
+            text.layer_types = text.layer_types[:1]
+        for key in ("pad_token_id", "bos_token_id", "eos_token_id"):  # ids past the tiny vocabulary
+            if getattr(text, key, None) is not None:
+                setattr(text, key, 0)
+        tiny = AutoModelForCausalLM.from_config(config).to(torch.bfloat16).eval()
+        ids = torch.arange(1, 9)[None]
+        with torch.inference_mode():
+            cache = StaticCache(config=tiny.config, max_cache_len=12)
+            out = step(tiny, ids, cache, 0)
+            for i in range(2):
+                out = step(tiny, out.logits[:, -1:].argmax(-1), cache, 8 + i)
+        del tiny, cache, out
+    except Exception:  # noqa: BLE001 -- any failure here loses only a cleaner measurement
+        pass
+
+
 def kernel_in_use(model: nn.Module) -> str:
     """'lut-<isa>' where the kernel served at least one layer, 'dense' where quantized layers used the dense
     path only, 'none' for a model without quantized layers."""
@@ -481,9 +567,12 @@ def _takes_cache(cls: type) -> bool:
     return "cache" in inspect.signature(cls.forward).parameters
 
 
-def step(model: nn.Module, ids: torch.Tensor, cache: Any, start: int) -> Any:
+def step(
+    model: nn.Module, ids: torch.Tensor, cache: Any, start: int, forward: Callable[..., Any] | None = None
+) -> Any:
     """One forward of `ids` (1, T) at positions start.. into `cache`, logits of the last position only
-    (transformers 5 names the cache `cache`; earlier releases `past_key_values` with a `cache_position`)."""
+    (transformers 5 names the cache `cache`; earlier releases `past_key_values` with a `cache_position`);
+    through `forward` (the model's compiled forward) where given."""
     import torch
 
     positions = torch.arange(start, start + ids.shape[1])
@@ -493,26 +582,85 @@ def step(model: nn.Module, ids: torch.Tensor, cache: Any, start: int) -> Any:
     else:
         kwargs["past_key_values"] = cache
         kwargs["cache_position"] = positions
-    return model(**kwargs, logits_to_keep=1)
+    return (forward or model)(**kwargs, logits_to_keep=1)
 
 
-def decode_loop(model: nn.Module, prompt: torch.Tensor, gen: int, repeats: int) -> DecodeTiming:
+@dataclass
+class DecodeStep:
+    """The loop's step for one model: prefill eager, each 1-token decode step through `forward` (the model,
+    or its forward compiled into one graph), every cache `cache_len` positions long (a compiled step is
+    specialised to the cache's shape: one length, no recompiles)."""
+
+    model: Any
+    cache_len: int
+    forward: Callable[..., Any]
+    loop: str  # "compiled" or "eager"
+    compile_s: float | None = None  # the first compiled call (tracing, inductor, the C++ build): warm-up
+    note: str | None = None  # why the loop is eager where a compiled one was asked for
+
+    def new_cache(self) -> Any:
+        from transformers import StaticCache
+
+        return StaticCache(config=self.model.config, max_cache_len=self.cache_len)
+
+    def prefill(self, ids: torch.Tensor, cache: Any) -> Any:
+        return step(self.model, ids, cache, 0)
+
+    def decode(self, token: torch.Tensor, cache: Any, start: int) -> Any:
+        return step(self.model, token, cache, start, self.forward)
+
+
+def decode_step(model: nn.Module, prompt: torch.Tensor, cache_len: int, compile_step: bool) -> DecodeStep:
+    """The step `decode_loop` times. compile_step: `torch.compile(model.forward, fullgraph=True, dynamic=False)`
+    (inductor, its kernels on one thread: `COMPILE_OPTIONS`; each `QuantLinear` one opaque `llm1bit::quant_linear`
+    op), compiled here on a scratch cache and its time reported; where compiling fails, the eager step with a one-line note (never an error: the
+    measurement stands either way, the result names its loop). Call inside `torch.inference_mode()`, as the
+    loop runs: the compiled graph is specialised to it."""
+    import torch
+
+    eager = DecodeStep(model, cache_len, model, "eager")
+    if not compile_step:
+        return eager
+    try:
+        compiled = torch.compile(model.forward, fullgraph=True, dynamic=False, options=dict(COMPILE_OPTIONS))
+        stepper = DecodeStep(model, cache_len, compiled, "compiled")
+        cache = stepper.new_cache()
+        token = stepper.prefill(prompt, cache).logits[:, -1:].argmax(-1)
+        t = time.perf_counter()
+        stepper.decode(token, cache, prompt.shape[1])
+        stepper.compile_s = time.perf_counter() - t
+    except Exception as exc:  # noqa: BLE001 - any failure of dynamo / inductor / the C++ build: measure eager
+        import torch._dynamo
+
+        torch._dynamo.reset()
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        eager.note = f"torch.compile failed ({type(exc).__name__}: {first}); the eager step was timed"
+        return eager
+    return stepper
+
+
+def decode_loop(
+    model: nn.Module, prompt: torch.Tensor, gen: int, repeats: int, stepper: DecodeStep | None = None
+) -> DecodeTiming:
     """Prefill `prompt` (1, P) into a static KV cache, then `gen` steps of one token each (greedy), each one
-    model forward with its cache position: no `generate` machinery, no cache growth. One untimed warm-up run,
-    then `repeats` timed runs; medians."""
-    from transformers import StaticCache
-
+    model forward with its cache position (`stepper`'s, the eager model by default): no `generate` machinery,
+    no cache growth. One untimed warm-up run, then `repeats` timed runs; medians."""
     length = prompt.shape[1]
+    stepper = stepper or DecodeStep(model, length + gen + 1, model, "eager")
+    if stepper.cache_len < length + gen:
+        raise ValueError(
+            f"the step's cache holds {stepper.cache_len} positions, the loop needs {length + gen}"
+        )
     prefill, steps = [], []
     for rep in range(repeats + 1):
-        cache = StaticCache(config=model.config, max_cache_len=length + gen + 1)
+        cache = stepper.new_cache()
         t0 = time.perf_counter()
-        out = step(model, prompt, cache, 0)
+        out = stepper.prefill(prompt, cache)
         token = out.logits[:, -1:].argmax(-1)
         t1 = time.perf_counter()
         for i in range(gen if rep else min(gen, 4)):
             s = time.perf_counter()
-            out = step(model, token, cache, length + i)
+            out = stepper.decode(token, cache, length + i)
             token = out.logits[:, -1:].argmax(-1)
             if rep:
                 steps.append(time.perf_counter() - s)
@@ -521,15 +669,22 @@ def decode_loop(model: nn.Module, prompt: torch.Tensor, gen: int, repeats: int) 
     return DecodeTiming(statistics.median(prefill), statistics.median(steps), len(steps))
 
 
-def time_breakdown(model: nn.Module, prompt: torch.Tensor, steps: int = 8) -> dict[str, float]:
+def time_breakdown(
+    model: nn.Module, prompt: torch.Tensor, steps: int = 8, stepper: DecodeStep | None = None
+) -> dict[str, float]:
     """Where one decode step's time goes (seconds per token, means over `steps` extra steps, not the timed
-    ones, with forward hooks on the linears): the quantized linears, the other linears (lm_head), the rest
-    (attention, norms, rotary, Python and framework overhead)."""
+    ones): the quantized linears, the other linears (lm_head), the rest (attention, norms, rotary, Python and
+    framework overhead). Eager step: forward hooks on the linears time them. Compiled step (no hook runs
+    inside its graph): the quantized linears are timed inside their `llm1bit::quant_linear` ops; the other
+    linears, fused into the graph, by calling each eagerly on one token's input after the steps."""
     from torch import nn
-    from transformers import StaticCache
 
+    from llm1bit.quant.hf.kernel import op
     from llm1bit.quant.hf.linear import QuantLinear
 
+    length = prompt.shape[1]
+    stepper = stepper or DecodeStep(model, length + steps + 1, model, "eager")
+    steps = min(steps, stepper.cache_len - length)
     spent = {"quantized_linears": 0.0, "other_linears": 0.0}
     starts: dict[int, float] = {}
 
@@ -540,28 +695,49 @@ def time_breakdown(model: nn.Module, prompt: torch.Tensor, steps: int = 8) -> di
         key = "quantized_linears" if isinstance(module, QuantLinear) else "other_linears"
         spent[key] += time.perf_counter() - starts.pop(id(module))
 
+    compiled = stepper.loop == "compiled"
+    linears = [m for m in model.modules() if isinstance(m, QuantLinear | nn.Linear)]
     handles = []
-    for module in model.modules():
-        if isinstance(module, QuantLinear | nn.Linear):
+    if not compiled:
+        for module in linears:
             handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
-    length = prompt.shape[1]
     per_step: list[dict[str, float]] = []
     try:
-        cache = StaticCache(config=model.config, max_cache_len=length + steps + 1)
-        out = step(model, prompt, cache, 0)
+        cache = stepper.new_cache()
+        out = stepper.prefill(prompt, cache)
         token = out.logits[:, -1:].argmax(-1)
         for i in range(steps):
             for key in spent:
                 spent[key] = 0.0
-            t = time.perf_counter()
-            out = step(model, token, cache, length + i)
-            token = out.logits[:, -1:].argmax(-1)
-            total = time.perf_counter() - t
-            per_step.append({**spent, "rest": total - sum(spent.values()), "total": total})
+            with op.timing() as in_ops:
+                t = time.perf_counter()
+                out = stepper.decode(token, cache, length + i)
+                token = out.logits[:, -1:].argmax(-1)
+                total = time.perf_counter() - t
+                if compiled:
+                    spent["quantized_linears"] = in_ops[0]
+            per_step.append({**spent, "total": total})
     finally:
         for h in handles:
             h.remove()
-    return {key: statistics.fmean(step[key] for step in per_step) for key in per_step[0]}
+    if compiled:
+        other = sum(_eager_linear_s(m) for m in linears if not isinstance(m, QuantLinear))
+        for s in per_step:
+            s["other_linears"] = other
+    for s in per_step:
+        s["rest"] = s["total"] - s["quantized_linears"] - s["other_linears"]
+    keys = ("quantized_linears", "other_linears", "rest", "total")
+    return {key: statistics.fmean(s[key] for s in per_step) for key in keys}
+
+
+def _eager_linear_s(module: nn.Module, repeats: int = 5) -> float:
+    """Median seconds of `F.linear` with `module`'s (an nn.Linear's) weight and bias on one token's input in
+    its dtype, after one warm-up call: the aten call a compiled graph makes, without the module's overhead."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.randn(1, 1, module.in_features).to(module.weight.dtype)
+    return median_time(lambda: F.linear(x, module.weight, module.bias), repeats)
 
 
 def source_of(folder: Path, qc: dict[str, Any]) -> Path | None:
@@ -616,13 +792,21 @@ def _measure(
     bandwidth: float,
     threads: int,
     breakdown: bool,
+    compile_step: bool = False,
 ) -> dict[str, Any]:
     import torch
 
     tb = token_bytes(model, context=prompt.shape[1] + (gen - 1) / 2)
     with torch.inference_mode():
-        timing = decode_loop(model, prompt, gen, repeats)
-        parts = time_breakdown(model, prompt) if breakdown else None
+        stepper = decode_step(model, prompt, prompt.shape[1] + gen + 1, compile_step)
+        try:
+            timing = decode_loop(model, prompt, gen, repeats, stepper)
+            parts = time_breakdown(model, prompt, stepper=stepper) if breakdown else None
+        finally:
+            if stepper.loop == "compiled":  # free the graph (it holds the model's weights) for the next model
+                import torch._dynamo
+
+                torch._dynamo.reset()
     decode_tps = 1.0 / timing.decode_s
     bound = bandwidth * 1e9 / tb.total
     out = {
@@ -637,7 +821,11 @@ def _measure(
         "cpu": cpu_name(),
         "bytes": tb.to_dict(),
         "decode_steps_timed": timing.steps,
+        "loop": stepper.loop,
+        "compile_s": stepper.compile_s,
     }
+    if stepper.note:
+        out["loop_note"] = stepper.note
     if parts is not None:
         out["seconds_per_token"] = parts
     return out
@@ -652,12 +840,14 @@ def bench_decode(
     baseline: str | None = None,
     repeats: int = 3,
     breakdown: bool = True,
+    compile_step: bool = False,
 ) -> dict[str, Any]:
     """Prefill and decode speed of `model_src` in bf16 (its quantized linears through the path `kernel`
     picks), the bytes per decode token, the bandwidth measured here, the bound and the fraction of it; the
     resident memory while generating against the bytes the model holds. `baseline="bf16"`: the same for the
     folder's source model in bf16 (or its dequantized weights where the source is gone) through the same loop,
-    and the ratios."""
+    and the ratios. compile_step: the decode step compiled (`decode_step`; each result's `loop` says whether it
+    was, `compile_s` what compiling cost), else eager."""
     import torch
 
     from llm1bit.format.folder import is_quantized_folder
@@ -681,6 +871,8 @@ def bench_decode(
     with torch_threads(threads), use_kernel(kernel):
         bandwidth = stream_bandwidth(threads)
         import_architecture(path)
+        rss_cold = rss_bytes()
+        warm_runtime(path)
         rss_before = rss_bytes()
         model, tokenizer = load_model(model_src)
         del tokenizer
@@ -698,21 +890,32 @@ def bench_decode(
             (1, prompt_len),
             generator=torch.Generator().manual_seed(0),
         )
-        result.update(_measure(model, prompt, gen, repeats, bandwidth, threads, breakdown))
-        held = held_bytes(model)
+        result.update(_measure(model, prompt, gen, repeats, bandwidth, threads, breakdown, compile_step))
+        held, stored = held_bytes(model), stored_bytes(model)
         rss = rss_bytes()
         result["memory"] = {
             "held_bytes": held,
+            "stored_bytes": stored,
+            "kv_cache_bytes": kv_bytes_per_position(model, torch.bfloat16) * (prompt_len + gen + 1),
+            "runtime_warmup_bytes": rss_before - rss_cold,
             "rss_before_load_bytes": rss_before,
             "rss_generating_bytes": rss,
             "resident_over_held": (rss - rss_before) / held if held else None,
+            "resident_over_stored": (rss - rss_before) / stored if stored else None,
         }
         del model
+        gc.collect()  # what deleting the model gives back is what it held resident while generating
+        result["memory"]["model_resident_bytes"] = rss - rss_bytes()
+        result["memory"]["model_resident_over_stored"] = (
+            result["memory"]["model_resident_bytes"] / stored if stored else None
+        )
         if baseline == "bf16":
             label, base = _baseline_model(path, quantized, model_src)
             base.to(torch.bfloat16)
             with use_kernel("dense"):
-                base_result = _measure(base, prompt, gen, repeats, bandwidth, threads, breakdown)
+                base_result = _measure(
+                    base, prompt, gen, repeats, bandwidth, threads, breakdown, compile_step
+                )
             base_result["label"] = label
             result["baseline"] = base_result
             result["ratio"] = {

@@ -338,6 +338,8 @@ def load_quantized(
     from safetensors.torch import load_file
     from transformers import AutoModelForCausalLM
 
+    from llm1bit.quant.hf.kernel.bf16 import attach as attach_bf16_gemv
+
     quiet_transformers()
     path = Path(path)
     config_dict, qc = read_quantized_config(path)
@@ -361,6 +363,7 @@ def load_quantized(
     del tensors
     model.tie_weights()
     check_loaded(model, qc["modules"], layer_shapes, weights)
+    attach_bf16_gemv(model)  # decode calls of its unquantized linears (lm_head): the kernel's bf16 GEMV
     model.eval().to(device)
     if with_tokenizer:
         from transformers import AutoTokenizer

@@ -8,9 +8,11 @@ solver), uses it and drops it: resident memory is the packed bytes plus one laye
 computes. `set_weight_cache(model, True)` keeps the dense weights for speed instead, at the memory of
 the original layers. Binary-coded layers (shiftaddllm, bcq) on the CPU skip all that: `forward` hands
 them to the LUT kernel (`llm1bit.quant.hf.kernel`), which reads the packed planes directly, in its own
-order. Such a layer then holds its codes once: the kernel's layout keeps them and the `codes` buffer is
-released (`release_codes`), rebuilt bit for bit from the layout when something asks for it (`state_dict`,
-`packed_tensors`, the dense path, a move to another device), never kept twice."""
+order. Such a layer then holds its codes once: the kernel's layout keeps them and the `codes` buffer (and a
+lat layer's scale terms) is released (`release_codes`), rebuilt bit for bit from the layout when something
+asks for it (`state_dict`, `packed_tensors`, the dense path, a move to another device), never kept twice.
+Under `torch.compile` the layer is one custom op (`llm1bit::quant_linear`, `kernel/op.py`) that runs the same
+eager forward."""
 
 from __future__ import annotations
 
@@ -69,7 +71,9 @@ class QuantLinear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), requires_grad=False)
         self.cache_weight = False
         self._weight: torch.Tensor | None = None
-        self._codes_source: Callable[[], torch.Tensor] | None = None  # set while `codes` is released
+        # buffers released while the kernel's layout holds their bits (`codes`, lat's scales): name -> rebuild
+        self._released: dict[str, Callable[[], torch.Tensor]] = {}
+        self.op_handle = _register(self)  # names this layer to `llm1bit::quant_linear` (torch.compile)
 
     @classmethod
     def shell(cls, meta: dict[str, Any], bias: bool, dtype: torch.dtype, device: str = "meta") -> QuantLinear:
@@ -90,25 +94,32 @@ class QuantLinear(nn.Module):
         return layer
 
     def packed_tensors(self) -> dict[str, torch.Tensor]:
-        """The packed tensors as stored; a released `codes` is rebuilt (a new tensor, not kept)."""
+        """The packed tensors as stored; a released one is rebuilt (a new tensor, not kept)."""
         out = {}
         for key in self.packed_names:
             tensor = self._buffers.get(key)
-            if tensor is None and key == "codes" and self._codes_source is not None:
-                tensor = self._codes_source()
+            if tensor is None and key in self._released:
+                tensor = self._released[key]()
             out[key] = tensor
         return out
 
     @property
     def codes_released(self) -> bool:
-        return self._codes_source is not None
+        return "codes" in self._released
 
-    def release_codes(self, source: Callable[[], torch.Tensor]) -> None:
-        """Drop the `codes` buffer, whose bits another holder (the kernel's layout) keeps; `source()` rebuilds
-        it. Why: a layer the kernel serves must not hold its codes twice."""
+    def release_codes(
+        self, source: Callable[[], torch.Tensor], others: dict[str, Callable[[], torch.Tensor]] | None = None
+    ) -> None:
+        """Drop the `codes` buffer (and the buffers named in `others`), whose bits another holder (the kernel's
+        layout) keeps; `source()` (`others[name]()`) rebuilds it. Why: a layer the kernel serves must not hold
+        its codes, or its scales, twice."""
         if "codes" in self._buffers and self._buffers["codes"] is not None:
             self._buffers["codes"] = None
-            self._codes_source = source
+            self._released["codes"] = source
+            for key, rebuild in (others or {}).items():
+                if self._buffers.get(key) is not None:
+                    self._buffers[key] = None
+                    self._released[key] = rebuild
             # the loaders' tensors are views of the file, mapped into memory: the pages of the released codes
             # stay resident while any view of the mapping lives, so the few small tensors kept get their own
             with torch.inference_mode(False):  # ordinary tensors (version counters), even when called inside
@@ -118,21 +129,26 @@ class QuantLinear(nn.Module):
                         self._buffers[key] = tensor.clone()
 
     def restore_codes(self) -> None:
-        """Put the `codes` buffer back (from its holder) and forget the holder's layout."""
-        if self._codes_source is not None:
-            self._buffers["codes"] = self._codes_source()
-            self._codes_source = None
+        """Put the released buffers back (from their holder) and forget the holder's layout."""
+        for key, rebuild in self._released.items():
+            self._buffers[key] = rebuild()
+        self._released = {}
         from llm1bit.quant.hf.kernel.gemv import drop_prepared
 
         drop_prepared(self)
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """A copy (deepcopy, pickle) is another layer: its own op handle, not the original's."""
+        super().__setstate__(state)
+        self.op_handle = _register(self)
+
     def _save_to_state_dict(self, destination, prefix, keep_vars):
         super()._save_to_state_dict(destination, prefix, keep_vars)
-        if self._codes_source is not None:
-            destination[prefix + "codes"] = self._codes_source()
+        for key, rebuild in self._released.items():
+            destination[prefix + key] = rebuild()
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        if self._codes_source is not None:
+        if self._released:
             self.restore_codes()
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
@@ -159,6 +175,14 @@ class QuantLinear(nn.Module):
             self._weight = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling() and not (x.requires_grad and torch.is_grad_enabled()):
+            # one opaque op for dynamo, which cannot trace the kernel's Python (the op has no backward: a
+            # gradient takes the traced path below, graph breaks and all)
+            return torch.ops.llm1bit.quant_linear(x, self.op_handle, self.out_features)
+        return self.eager_forward(x)
+
+    def eager_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The computation itself (uncompiled calls, and `llm1bit::quant_linear` at run time)."""
         from llm1bit.quant.hf.kernel import forward as lut_forward
 
         y = lut_forward(self, x)  # binary codes on the CPU: the LUT kernel, no dense W (LLM1BIT_KERNEL)
@@ -173,7 +197,7 @@ class QuantLinear(nn.Module):
         """`.to(device)` moves the packed tensors; a dtype cast (`.half()`, `.to(torch.bfloat16)`) changes
         only the compute dtype and the bias: scales stay float32, as stored, so the weights stay exact.
         Released codes stay with the kernel's layout unless the layer leaves the CPU."""
-        if self._codes_source is not None and fn(torch.empty(0, dtype=torch.uint8)).device.type != "cpu":
+        if self._released and fn(torch.empty(0, dtype=torch.uint8)).device.type != "cpu":
             self.restore_codes()
         packed = {key: self._buffers[key] for key in self.packed_names if self._buffers.get(key) is not None}
         super()._apply(fn, recurse)
@@ -196,6 +220,12 @@ class QuantLinear(nn.Module):
             f"in_features={self.in_features}, out_features={self.out_features}, bits={self.bits}, "
             f"{self.meta['format']}{inc}"
         )
+
+
+def _register(layer: QuantLinear) -> int:
+    from llm1bit.quant.hf.kernel.op import register
+
+    return register(layer)
 
 
 def set_weight_cache(model: nn.Module, on: bool) -> None:

@@ -63,8 +63,10 @@ class Llm1bitHfQuantizer(HfQuantizer):
 
     def _process_model_after_weight_loading(self, model, **kwargs):
         from llm1bit.quant.hf.checkpoint import check_loaded
+        from llm1bit.quant.hf.kernel.bf16 import attach as attach_bf16_gemv
 
         check_loaded(model, self._modules, self._layer_shapes, self._weights)
+        attach_bf16_gemv(model)  # decode calls of its unquantized linears (lm_head): the kernel's bf16 GEMV
         return model
 
     def is_serializable(self) -> bool:

@@ -7,7 +7,10 @@
 * `gemv`      `lut_linear` (the computation), `forward` (QuantLinear's hook, LLM1BIT_KERNEL=auto|lut|dense, or
               `use_kernel`, which a command's --kernel sets), `dense_weight` (W rebuilt in C for calls of many
               rows), `require_lut` (the one-line refusal;
-              `llm1bit.quant.hf.linear.require_lut_model` applies it to a whole model)"""
+              `llm1bit.quant.hf.linear.require_lut_model` applies it to a whole model)
+* `op`        `llm1bit::quant_linear`: a `QuantLinear` as one custom op, so `torch.compile` compiles around it
+* `bf16`      the unquantized linears of a quantized model (lm_head): decode calls through a bf16 GEMV in C
+              (`GemvLinear`, which the loaders `attach`; `llm1bit::bf16_linear` under torch.compile)"""
 
 from llm1bit.quant.hf.kernel.gemv import (
     AUTO_MAX_TOKENS,

@@ -23,7 +23,7 @@ from pathlib import Path
 
 SOURCE = Path(__file__).with_name("lut.c")
 FLAGS = ("-O3", "-shared", "-fPIC", "-pthread", "-std=gnu11", "-ffp-contract=off", "-fno-fast-math")
-ABI_VERSION = 1
+ABI_VERSION = 2
 ISA_NAMES = {0: "none", 1: "avx2", 2: "avx512"}
 
 
@@ -38,11 +38,12 @@ class LutLayer(ctypes.Structure):
         ("n", ctypes.c_int32),
         ("groups", ctypes.c_int32),
         ("nrb", ctypes.c_int32),
-        ("pad_", ctypes.c_int32),
+        ("indexed", ctypes.c_int32),
         ("codes", ctypes.c_void_p),
         ("alpha", ctypes.c_void_p),
         ("rows", ctypes.c_void_p),
         ("group_rb", ctypes.c_void_p),
+        ("alpha_index", ctypes.c_void_p),
     ]
 
 
@@ -51,6 +52,7 @@ class Library:
     lib: ctypes.CDLL
     path: Path
     isa: int  # best instruction set this CPU runs: 1 avx2, 2 avx512
+    bf16_isa: int = 0  # the bf16 GEMV's: 1 avx2, 2 avx512f, 3 avx512bf16 (`vdpbf16ps`)
 
     @property
     def isa_name(self) -> str:
@@ -146,6 +148,18 @@ def _load() -> Library:
         ctypes.c_int,
         ctypes.c_int,
     ]
+    lib.llm1bit_lut_gemm_bf16.restype = ctypes.c_int
+    lib.llm1bit_lut_gemm_bf16.argtypes = [
+        ctypes.POINTER(LutLayer),
+        ctypes.c_void_p,
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+    ]
     lib.llm1bit_lut_dequant.restype = ctypes.c_int
     lib.llm1bit_lut_dequant.argtypes = [
         ctypes.POINTER(LutLayer),
@@ -167,7 +181,19 @@ def _load() -> Library:
     ]
     lib.llm1bit_stream_read.restype = ctypes.c_float
     lib.llm1bit_stream_read.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    lib.llm1bit_bf16_isa.restype = ctypes.c_int
+    lib.llm1bit_bf16_gemv.restype = ctypes.c_int
+    lib.llm1bit_bf16_gemv.argtypes = [
+        ctypes.c_void_p,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_void_p,
+        ctypes.c_int,
+        ctypes.c_int,
+    ]
     isa = int(lib.llm1bit_isa())
     if isa == 0:
         raise RuntimeError("this CPU has neither AVX-512 nor AVX2 with FMA")
-    return Library(lib, target, isa)
+    return Library(lib, target, isa, int(lib.llm1bit_bf16_isa()))

@@ -15,7 +15,8 @@ of every binary-coded layer's forward:
 `LLM1BIT_KERNEL_ISA=avx2` forces the AVX2 code on an AVX-512 CPU (tests, comparisons).
 
 A layer the kernel has served keeps its codes only in the kernel's layout (`prepared_for` releases the
-`codes` buffer of the `QuantLinear`; it is rebuilt from the layout when asked for).
+`codes` buffer of the `QuantLinear`, and a lat layer's `scale_terms` / `scales`; they are rebuilt from the
+layout when asked for).
 
 Acc incoherence (`llm1bit.quant.numerics.incoherence`): the stored weight is Q = U (W diag(s)) V^T, so
 W x = U^T Q V (x / s): the activations are divided by s and rotated by V, the kernel applies Q, and its
@@ -35,7 +36,7 @@ import torch
 from llm1bit.errors import UserError, unknown_choice
 from llm1bit.quant.device import KERNEL_MODES
 from llm1bit.quant.hf.kernel import build
-from llm1bit.quant.hf.kernel.layout import Prepared, Rotation, packed_codes, prepare
+from llm1bit.quant.hf.kernel.layout import Prepared, Rotation, packed_codes, packed_scales, prepare
 
 ISAS = {"avx2": 1, "avx512": 2}
 # auto: calls of more rows (tokens) than this take one dense matmul on W rebuilt in C (`dense_weight`). Per row
@@ -156,7 +157,7 @@ def _version(t: torch.Tensor) -> int:
 def prepared_for(layer: torch.nn.Module) -> Prepared:
     """The layer's kernel layout, built at first use and rebuilt when its buffers change (load, `.to`). Once
     built, the layer's `codes` buffer is released: the layout holds the codes, once (`layout.packed_codes`
-    gives them back)."""
+    gives them back); so are a lat layer's stored scales where the layout indexes them (`packed_scales`)."""
     key = _buffers_key(layer)
     cached = layer.__dict__.get(_ATTR)
     if cached is not None and cached.key == key:
@@ -166,7 +167,10 @@ def prepared_for(layer: torch.nn.Module) -> Prepared:
     prepared = prepare(tensors, layer.meta)
     del tensors
     if hasattr(layer, "release_codes"):
-        layer.release_codes(lambda: torch.from_numpy(packed_codes(prepared)))
+        others = {}
+        if prepared.scales_stored is not None:  # lat: the layout gives the stored scales back too
+            others[prepared.scales_stored.name] = lambda: torch.from_numpy(packed_scales(prepared))
+        layer.release_codes(lambda: torch.from_numpy(packed_codes(prepared)), others)
     prepared.key = _buffers_key(layer)
     layer.__dict__[_ATTR] = prepared
     return prepared
@@ -255,30 +259,51 @@ def lut_linear(
     if m == 0 or n == 0:
         out = torch.zeros(*lead, n, dtype=x.dtype)
         return out if bias is None else out + bias.to(x.dtype)
+    if threads is None:
+        threads = torch.get_num_threads()
+    if n * k * prepared.q * m < THREAD_MIN_WORK:
+        threads = 1
+    if x.dtype == torch.bfloat16 and prepared.rescale is None and xf.is_contiguous():
+        # bf16 in and out converted in C (the same bits as the fp32 path below, without its torch casts)
+        y16 = torch.empty(m, n, dtype=torch.bfloat16)
+        b32 = None if bias is None else bias.detach().to(torch.float32).contiguous()
+        rc = lib.lib.llm1bit_lut_gemm_bf16(
+            ctypes.byref(prepared.struct()),
+            xf.data_ptr(),
+            k,
+            y16.data_ptr(),
+            n,
+            None if b32 is None else b32.data_ptr(),
+            m,
+            threads,
+            isa_id,
+        )
+        _check(rc)
+        return y16.reshape(*lead, n)
     if prepared.rescale is not None:
         x64 = xf.to(torch.float64).numpy() / prepared.rescale[None, :]
         x64 = rotate(lib, prepared.v, np.ascontiguousarray(x64), transpose=False)
         xf = torch.from_numpy(x64.astype(np.float32))
     else:
         xf = xf.to(torch.float32).contiguous()
-    if threads is None:
-        threads = torch.get_num_threads()
-    if n * k * prepared.q * m < THREAD_MIN_WORK:
-        threads = 1
     y = torch.empty(m, n, dtype=torch.float32)
     rc = lib.lib.llm1bit_lut_gemm(
         ctypes.byref(prepared.struct()), xf.data_ptr(), k, y.data_ptr(), n, m, threads, isa_id
     )
-    if rc == -2:
-        raise MemoryError("the LUT kernel could not allocate its tables")
-    if rc != 0:
-        raise RuntimeError(f"the LUT kernel refused the call (code {rc})")
+    _check(rc)
     if prepared.rescale is not None:
         y64 = rotate(lib, prepared.u, y.numpy().astype(np.float64), transpose=True)
         y = torch.from_numpy(y64.astype(np.float32))
     if bias is not None:
         y += bias.detach().to(torch.float32)
     return y.to(x.dtype).reshape(*lead, n)
+
+
+def _check(rc: int) -> None:
+    if rc == -2:
+        raise MemoryError("the LUT kernel could not allocate its tables")
+    if rc != 0:
+        raise RuntimeError(f"the LUT kernel refused the call (code {rc})")
 
 
 def rotate(lib: build.Library, rot: Rotation, x: np.ndarray, transpose: bool) -> np.ndarray:

@@ -10,8 +10,12 @@ of 16). Tiles go in groups of `RT` = 4, the kernel's unit of work and of threadi
   (rows). Same size as the packed codes (plus padding), and a permutation of them: `packed_codes` gives the
   packed (q, N, ceil(K/8)) tensor back bit for bit, so a layer the kernel serves keeps its codes only here
   (`QuantLinear` releases its `codes` buffer and rebuilds it on demand: saving, the dense path, `.to`).
-* mode 0 (`col_block` a multiple of 8: lat): alpha fp32 (groups, C, q, RT, 4), the scale of each tile and
-  code byte, applied to the byte's signed sum; groups may mix row blocks.
+* mode 0 (`col_block` a multiple of 8: lat): the scale of each tile, code byte and plane, (groups, C, q, RT, 4),
+  applied to the byte's signed sum; groups may mix row blocks. Held as `alpha_index` uint16 into `alpha`, the
+  layer's distinct scales in fp32 (lat's power-of-two sums take a few hundred values per layer: 2 bytes an
+  entry instead of 4, the same fp32 value), or, past `MAX_DISTINCT_SCALES` distinct values, as fp32 entries.
+  Indexed by the distinct *stored* rows (the one-byte terms, or fp32 scales), the layout also gives the stored
+  scale tensor back bit for bit (`packed_scales`), so a served layer releases it as it releases its codes.
 * mode 1 (any other `col_block`: acc, bcq): alpha fp32 (nrb, q, kp), one scale per input column (a
   col_block > 1 repeats its scale), folded into the tables; each group lies in one row block.
 
@@ -29,6 +33,9 @@ import numpy as np
 TILE = 16
 RT = 4
 CHUNK = 32  # input columns per 64-byte unit
+# mode 0 keeps a layer's distinct scales once (fp32) and a uint16 index per (tile, code byte, plane) when
+# there are at most this many (lat's power-of-two sums: a few hundred per layer), else fp32 per entry
+MAX_DISTINCT_SCALES = 65536
 
 
 @dataclass
@@ -51,9 +58,11 @@ class Prepared:
     groups: int
     nrb: int
     codes: np.ndarray
-    alpha: np.ndarray
+    alpha: np.ndarray  # mode 0: fp32 per (tile, byte), or the distinct scales `alpha_index` points into
     rows: np.ndarray  # int32 (groups * RT * 16,)
     group_rb: np.ndarray  # int32 (groups,)
+    alpha_index: np.ndarray | None = None  # mode 0: uint16 (groups, C, q, RT, 4) into `alpha`, or None
+    scales_stored: StoredScales | None = None  # mode 0 with alpha_index: the stored scales, given back
     rescale: np.ndarray | None = None  # float64 (K,): acc's diagonal s
     u: Rotation | None = None  # output side (N)
     v: Rotation | None = None  # input side (K)
@@ -73,11 +82,12 @@ class Prepared:
                 self.n,
                 self.groups,
                 self.nrb,
-                0,
+                int(self.alpha_index is not None),
                 self.codes.ctypes.data,
                 self.alpha.ctypes.data,
                 self.rows.ctypes.data,
                 self.group_rb.ctypes.data,
+                None if self.alpha_index is None else self.alpha_index.ctypes.data,
             )
         return self._struct
 
@@ -89,10 +99,56 @@ class Prepared:
     @property
     def nbytes(self) -> int:
         arrays = [self.codes, self.alpha, self.rows, self.group_rb]
+        if self.alpha_index is not None:
+            arrays.append(self.alpha_index)
+        extra = 0 if self.scales_stored is None else self.scales_stored.nbytes
         for rot in (self.u, self.v):
             if rot is not None and rot.perms is not None:
                 arrays += [rot.perms, rot.flips]
-        return sum(a.nbytes for a in arrays) + (0 if self.rescale is None else self.rescale.nbytes)
+        return sum(a.nbytes for a in arrays) + extra + (0 if self.rescale is None else self.rescale.nbytes)
+
+
+@dataclass
+class StoredScales:
+    """What `packed_scales` needs to rebuild a lat layer's stored scale tensor from `alpha_index`."""
+
+    name: str  # "scale_terms" (uint8 (ceil(K/col_block), nrb, q, terms)) or "scales" (float32, no terms axis)
+    rows: np.ndarray  # the distinct stored rows, `alpha`'s order: (D, terms) uint8 or (D, 1) float32 bits
+    shape: tuple[int, ...]
+    col_block: int
+    first_tile: np.ndarray  # int32 (nrb,): a tile of each row block
+
+    @property
+    def nbytes(self) -> int:
+        return self.rows.nbytes + self.first_tile.nbytes
+
+
+def stored_scale_rows(tensors: dict) -> tuple[str | None, np.ndarray | None]:
+    """(name, one row per scale) of a lat layer's stored scales that `packed_scales` can give back: the one-byte
+    power-of-two terms, or float32 scales; (None, None) for others (legacy sign / exponent pairs, 16-bit)."""
+    import torch
+
+    if "scale_terms" in tensors:
+        t = tensors["scale_terms"].detach().cpu()
+        return "scale_terms", t.numpy().reshape(-1, t.shape[-1])
+    if "scales" in tensors and tensors["scales"].dtype == torch.float32:
+        # as uint32 bit patterns: rows that differ in any bit (-0.0 and 0.0) stay apart
+        return "scales", tensors["scales"].detach().cpu().numpy().view(np.uint32).reshape(-1, 1)
+    return None, None
+
+
+def packed_scales(prepared: Prepared) -> np.ndarray:
+    """The stored scale tensor this lat layout was built from, bit for bit (`prepared.scales_stored`)."""
+    s = prepared.scales_stored
+    if s is None or prepared.alpha_index is None:
+        raise ValueError("this layout does not keep its stored scales")
+    chunks, q = prepared.kp // CHUNK, prepared.q
+    a = prepared.alpha_index.transpose(1, 4, 0, 3, 2).reshape(chunks * 4, -1, q)  # (kp/8, T, q)
+    per_byte = a[:, s.first_tile, :]  # (kp/8, nrb, q)
+    blocks = s.shape[0]
+    index = per_byte[(np.arange(blocks) * s.col_block) // 8]  # (blocks, nrb, q)
+    out = np.ascontiguousarray(s.rows[index.astype(np.int64)].reshape(s.shape))
+    return out.view(np.float32) if s.name == "scales" else out
 
 
 def decoded_scales(tensors: dict, meta: dict) -> np.ndarray:
@@ -158,13 +214,35 @@ def prepare(tensors: dict, meta: dict) -> Prepared:
     flat[: codes.size] = codes.transpose(1, 4, 0, 2, 3, 5).reshape(-1)
     codes = flat
 
+    alpha_index, stored = None, None
     if mode == 0:  # one scale per (tile, code byte j, plane): scales[(8 j) // col_block, rb(tile), b]
-        per_byte = np.zeros((kp // 8, nrb, q), dtype=np.float32)
         j = np.arange(-(-k // 8))
-        per_byte[: len(j)] = scales[(8 * j) // col_block]
-        a = per_byte[:, tile_rb]  # (kp/8, T, q)
-        a = a.reshape(chunks, 4, groups, RT, q).transpose(2, 0, 4, 3, 1)  # (groups, C, q, RT, 4)
-        alpha = np.ascontiguousarray(a, dtype=np.float32)
+        name, rows = stored_scale_rows(tensors)
+        if rows is not None:  # distinct stored rows (term bytes, or fp32 scales), their scales, + a padding 0
+            uniq, first, inverse = np.unique(rows, axis=0, return_index=True, return_inverse=True)
+            values = np.append(scales.reshape(-1)[first], np.float32(0))
+            per_byte = np.full((kp // 8, nrb, q), len(uniq), dtype=np.int64)
+            per_byte[: len(j)] = inverse.reshape(scales.shape)[(8 * j) // col_block]
+            padding = np.zeros((1, rows.shape[1]), dtype=rows.dtype)
+            stored = (name, np.concatenate([uniq, padding]), tensors[name].shape)
+        else:
+            per_byte = np.zeros((kp // 8, nrb, q), dtype=np.float32)
+            per_byte[: len(j)] = scales[(8 * j) // col_block]
+            values, inverse = np.unique(per_byte, return_inverse=True)
+            per_byte = inverse.reshape(per_byte.shape)
+        entries = groups * chunks * q * RT * 4
+        if len(values) <= MAX_DISTINCT_SCALES and 4 * len(values) + 2 * entries < 4 * entries:
+            # the few distinct scales once, a uint16 index per tile and byte: fewer bytes
+            alpha = np.ascontiguousarray(values, dtype=np.float32)
+            table = per_byte.astype(np.uint16)
+        else:
+            table, stored = values[per_byte].astype(np.float32), None
+        a = table[:, tile_rb]  # (kp/8, T, q)
+        a = np.ascontiguousarray(a.reshape(chunks, 4, groups, RT, q).transpose(2, 0, 4, 3, 1))
+        if a.dtype == np.uint16:  # (groups, C, q, RT, 4)
+            alpha_index = a
+        else:
+            alpha = a
     else:  # one scale per (row block, plane, column)
         per_col = np.zeros((kp, nrb, q), dtype=np.float32)
         per_col[:k] = np.repeat(scales, col_block, axis=0)[:k]
@@ -180,9 +258,13 @@ def prepare(tensors: dict, meta: dict) -> Prepared:
         nrb=nrb,
         codes=codes,
         alpha=alpha,
+        alpha_index=alpha_index,
         rows=np.ascontiguousarray(tiles.reshape(-1)),
         group_rb=group_rb.astype(np.int32),
     )
+    if stored is not None:  # the layout can give the stored scales back: the layer need not keep them
+        first_tile = np.unique(tile_rb, return_index=True)[1].astype(np.int32)
+        prepared.scales_stored = StoredScales(stored[0], stored[1], tuple(stored[2]), col_block, first_tile)
     if "incoherence_rescale" in tensors:
         attach_incoherence(prepared, tensors, meta)
     return prepared
