@@ -8,7 +8,7 @@ import json
 import click
 
 from llm1bit.errors import UserError
-from llm1bit.quant.device import KERNEL_MODES
+from llm1bit.quant.device import DECODE_LOOPS, KERNEL_MODES
 from llm1bit.quant.numerics.methods import MODES
 
 EPILOG = """\b
@@ -45,11 +45,21 @@ FLAGS = {"compile_step": "--compile/--no-compile"}  # parameters not spelled as 
     "through the same loop, and print the ratio.",
 )
 @click.option(
+    "--loop",
+    type=click.Choice(DECODE_LOOPS),
+    default="auto",
+    show_default=True,
+    help="The decode step: lean (the model's own modules in a short loop, q/k/v and gate/up as one kernel "
+    "call each, the glue between them in C; Llama-family models: llama, mistral, qwen2), hf (transformers' "
+    "forward), auto (lean where the model can run it, else hf with a note). The baseline runs the same step.",
+)
+@click.option(
     "--compile/--no-compile",
     "compile_step",
     default=False,
     show_default=True,
-    help="Compile the 1-token decode step (torch.compile, inductor: one graph per model, the quantized layers "
+    help="Compile transformers' 1-token decode step (with --loop hf; torch.compile, inductor: one graph per "
+    "model, the quantized layers "
     "as opaque kernel calls), the baseline's too; compiling takes tens of seconds per model, counted as "
     "warm-up and reported (compile_s). Where it fails, a note and the eager step; each result's `loop` says "
     "which ran. Prefill stays eager. Off by default: on this project's 2-core test machine it sped SmolLM2 up "
@@ -78,6 +88,7 @@ def bench(
     threads: int | None,
     kernel: str,
     baseline: str | None,
+    loop: str,
     compile_step: bool,
     repeats: int,
     as_json: bool,
@@ -89,8 +100,8 @@ def bench(
     """Prefill and decode tokens/s, the weight bytes read per decode token, the memory bandwidth measured now
     with the same --threads, the bound (bandwidth / bytes per token) and the fraction of it reached.
 
-    The model runs in bf16 through one loop (static KV cache, one forward per token, the step compiled with
-    --compile); warm-up first, then medians of --repeats runs. With --gemv: the LUT kernel on one N x K
+    The model runs in bf16 through one loop (static KV cache, one step per token: the lean step or
+    transformers' forward, --loop); warm-up first, then medians of --repeats runs. With --gemv: the LUT kernel on one N x K
     layer of random codes (batch 1) against torch F.linear on bf16 and fp32 weights and against the dense
     rebuild, at least 8 weight sets in rotation."""
     from llm1bit.quant.eval import speed
@@ -106,7 +117,7 @@ def bench(
     if gemv:
         if model_src:
             raise UserError("--gemv times one layer on random codes: leave out --model")
-        model_only = [n for n in ("prompt_len", "gen", "baseline", "compile_step") if given(n)]
+        model_only = [n for n in ("prompt_len", "gen", "baseline", "loop", "compile_step") if given(n)]
         if model_only:
             raise UserError(
                 f"{', '.join(FLAGS.get(n, '--' + n.replace('_', '-')) for n in model_only)}: not used with --gemv"
@@ -134,6 +145,7 @@ def bench(
         baseline=baseline,
         repeats=repeats,
         compile_step=compile_step,
+        loop=loop,
     )
     _print_decode(result, as_json)
 

@@ -1,5 +1,5 @@
 """Where quantization and evaluation compute: the device ("cpu" or a CUDA device that exists, else one line)
-and the kernel modes of binary-coded layers."""
+the kernel modes of binary-coded layers, and the decode steps `bench` times."""
 
 from __future__ import annotations
 
@@ -8,6 +8,9 @@ from llm1bit.errors import UserError
 # How binary-coded layers compute (`--kernel`, LLM1BIT_KERNEL; llm1bit.quant.hf.kernel): auto = the LUT kernel
 # where it applies and is faster, lut = the kernel or a one-line refusal, dense = W rebuilt.
 KERNEL_MODES = ("auto", "lut", "dense")
+# The decode step `llm1bit bench` times (`--loop`; llm1bit.quant.eval.speed.decode_step): lean = the model's
+# modules in a short loop of their own, hf = transformers' forward, auto = lean where the model can run it.
+DECODE_LOOPS = ("auto", "lean", "hf")
 
 
 def check_device(device: str) -> str:

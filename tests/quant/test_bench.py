@@ -97,7 +97,9 @@ def test_decode_of_a_quantized_folder_against_its_bf16_source(folders) -> None:
     check_consistent(r)
     check_consistent(r["baseline"])
     assert r["kernel"].startswith("lut-") and r["baseline"]["kernel"] == "none"
-    assert r["loop"] == r["baseline"]["loop"] == "eager" and r["compile_s"] is None and "loop_note" not in r
+    assert r["loop"] == r["baseline"]["loop"] == "lean" and r["compile_s"] is None and "loop_note" not in r
+    # the same step for both: q/k/v and gate/up one kernel call each, against one bf16 matmul each
+    assert r["lean_projections"] == {"lut": 20} and r["baseline"]["lean_projections"] == {"cat": 10, "each": 10}
     assert r["baseline"]["label"].startswith("bf16 source model") and "stories260K" in r["baseline"]["label"]
     b, base = r["bytes"], r["baseline"]["bytes"]
     # the quantized projections weigh what the simulator prices; lm_head once (tied or not), one embedding row
@@ -296,6 +298,7 @@ def test_gemv_fields_and_consistency() -> None:
         (["--gemv", "64x64", "--wbits", "3", "--gen", "3"], "--gen: not used with --gemv"),
         (["--gemv", "64x64", "--wbits", "3", "--no-compile"], "--compile/--no-compile: not used with --gemv"),
         (["--gemv", "64x64", "--wbits", "3", "--kernel", "dense"], "--kernel"),
+        (["--gemv", "64x64", "--wbits", "3", "--loop", "hf"], "--loop: not used with --gemv"),
         (["--model", STORIES, "--wbits", "3"], "--wbits: only used with --gemv"),
         ([], "give --model PATH"),
         (["--model", STORIES, "--gen", "0"], "--gen 0 must be at least 1"),

@@ -651,3 +651,52 @@ def test_bf16_activations_give_the_fp32_path_rounded_once(mode: str) -> None:
             if b is not None:
                 ref = ref + b
             assert y.dtype == torch.bfloat16 and torch.equal(y, ref.to(torch.bfloat16))
+
+
+# ---------------------------------------------------------------- several layers in one call (lean decode)
+
+
+def test_fused_layers_give_each_layers_bits(monkeypatch) -> None:
+    """q/k/v-like lat layers of odd widths (one without a bias) through one `FusedLayers` call, on every
+    instruction set and 1-16 tokens: each output has the bits of that layer's own bf16 call; `bind` too."""
+    from llm1bit.quant.hf.kernel.gemv import FusedLayers
+
+    sizes, k = (37, 173, 64), 300
+    prepared, biases = [], []
+    for i, n in enumerate(sizes):
+        tensors, meta = pack(random_weight("lat", n, k, 3, 128, seed=10 + i), 3)
+        prepared.append(prepare(tensors, meta))
+        biases.append(None if i == 1 else torch.randn(n, generator=torch.Generator().manual_seed(i)))
+    gen = torch.Generator().manual_seed(0)
+    for path in PATHS:
+        monkeypatch.setenv("LLM1BIT_KERNEL_ISA", path)
+        fused = FusedLayers(prepared, biases)
+        for m in (1, 2, 5, 16):
+            x = torch.randn(1, m, k, generator=gen).to(torch.bfloat16)
+            y = fused(x, threads=2)
+            assert y.shape == (1, m, sum(sizes)) and y.dtype == torch.bfloat16
+            ref = torch.cat(
+                [lut_linear(p, x, b, isa=path) for p, b in zip(prepared, biases, strict=True)], -1
+            )
+            assert torch.equal(y, ref), (path, m)
+        x = torch.randn(k, generator=gen).to(torch.bfloat16)
+        out = torch.empty(sum(sizes), dtype=torch.bfloat16)
+        assert fused.bind(x, out, threads=2)() == 0
+        assert torch.equal(out, fused(x[None], threads=1)[0])
+
+
+def test_fusable_refuses_what_one_call_cannot_take() -> None:
+    from llm1bit.quant.hf.kernel.gemv import FusedLayers, fusable
+
+    lat = prepare(*pack(random_weight("lat", 16, 64, 2, 128), 2))
+    other_k = prepare(*pack(random_weight("lat", 16, 72, 2, 128), 2))
+    assert fusable([lat, lat]) is None
+    assert "different widths" in fusable([lat, other_k])
+    for mode in ("acc", "bcq"):
+        assert "only lat layouts" in fusable([lat, prepare(*pack(random_weight(mode, 16, 64, 2, 128), 2))])
+    assert "1 to 8" in fusable([lat] * 9)
+    with pytest.raises(ValueError, match="different widths"):
+        FusedLayers([lat, other_k], [None, None])
+    fused = FusedLayers([lat], [None])
+    with pytest.raises(ValueError, match="1-16 bf16 rows of 64"):
+        fused(torch.zeros(17, 64, dtype=torch.bfloat16))

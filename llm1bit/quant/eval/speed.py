@@ -3,9 +3,11 @@
 * `stream_bandwidth`  the memory bandwidth, measured on the spot: a streaming read of a buffer much larger
                       than the last-level cache, with the same thread count as the timed code.
 * `bench_decode`      prefill and decode tokens/s of a model (folder, .gguf or quantized folder) through one
-                      loop that keeps per-token overhead small (a static KV cache, one forward per token, no
-                      `generate` machinery, the 1-token step compiled by torch.compile), the bytes each decode token reads, the bound and the fraction of it
-                      reached; optionally the same for its bf16 baseline through the same loop.
+                      loop that keeps per-token overhead small (a static KV cache, one step per token, no
+                      `generate` machinery; the step is the lean one of `lean_decode` for Llama-family
+                      models, else transformers' forward, optionally compiled), the bytes each decode token
+                      reads, the bound and the fraction of it reached; optionally the same for its bf16
+                      baseline through the same loop.
 * `bench_gemv`        one layer of a given shape on random codes: the LUT kernel against torch `F.linear` on
                       bf16 / fp32 weights and against the dense rebuild, every method rotating over at least
                       `MIN_SETS` weight sets (together at least twice the last-level cache), so no layer is
@@ -15,6 +17,7 @@ Timing rules everywhere: warm-up runs first, then the median of repeats."""
 
 from __future__ import annotations
 
+import collections
 import ctypes
 import functools
 import gc
@@ -28,7 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from llm1bit.errors import UserError
+from llm1bit.errors import UserError, unknown_choice
+from llm1bit.quant.device import DECODE_LOOPS
 
 if TYPE_CHECKING:
     import torch
@@ -610,15 +614,34 @@ class DecodeStep:
         return step(self.model, token, cache, start, self.forward)
 
 
-def decode_step(model: nn.Module, prompt: torch.Tensor, cache_len: int, compile_step: bool) -> DecodeStep:
-    """The step `decode_loop` times. compile_step: `torch.compile(model.forward, fullgraph=True, dynamic=False)`
-    (inductor, its kernels on one thread: `COMPILE_OPTIONS`; each `QuantLinear` one opaque `llm1bit::quant_linear`
-    op), compiled here on a scratch cache and its time reported; where compiling fails, the eager step with a one-line note (never an error: the
-    measurement stands either way, the result names its loop). Call inside `torch.inference_mode()`, as the
-    loop runs: the compiled graph is specialised to it."""
+def decode_step(
+    model: nn.Module, prompt: torch.Tensor, cache_len: int, compile_step: bool, loop: str = "hf"
+) -> Any:
+    """The step `decode_loop` times. loop: lean (`llm1bit.quant.eval.lean_decode.LeanStep`: the model's
+    modules in a short loop of their own, the glue in C; a one-line error where the model cannot run it),
+    hf (transformers' forward), auto (lean where the model can run it, else hf with a note saying why).
+    compile_step (with hf only): `torch.compile(model.forward, fullgraph=True, dynamic=False)` (inductor, its
+    kernels on one thread: `COMPILE_OPTIONS`; each `QuantLinear` one opaque `llm1bit::quant_linear` op),
+    compiled here on a scratch cache and its time reported; where compiling fails, the eager step with a
+    one-line note (never an error: the measurement stands either way, the result names its loop). Call inside
+    `torch.inference_mode()`, as the loop runs: the compiled graph is specialised to it."""
     import torch
 
-    eager = DecodeStep(model, cache_len, model, "eager")
+    from llm1bit.quant.eval import lean_decode
+
+    if loop not in DECODE_LOOPS:
+        raise unknown_choice("--loop", loop, DECODE_LOOPS)
+    if compile_step and loop == "lean":
+        raise UserError("--compile compiles transformers' forward (--loop hf); the lean step is not compiled")
+    note = None
+    if loop != "hf" and not compile_step:
+        reason = lean_decode.unsupported(model, cache_len)
+        if reason is None:
+            return lean_decode.LeanStep(model, cache_len)
+        if loop == "lean":
+            raise UserError(f"--loop lean: this model cannot run the lean decode step: {reason}")
+        note = f"the lean step does not run this model ({reason}); transformers' forward was timed"
+    eager = DecodeStep(model, cache_len, model, "eager", note=note)
     if not compile_step:
         return eager
     try:
@@ -695,6 +718,8 @@ def time_breakdown(
         key = "quantized_linears" if isinstance(module, QuantLinear) else "other_linears"
         spent[key] += time.perf_counter() - starts.pop(id(module))
 
+    if stepper.loop == "lean":
+        return _lean_breakdown(stepper, prompt, steps)
     compiled = stepper.loop == "compiled"
     linears = [m for m in model.modules() if isinstance(m, QuantLinear | nn.Linear)]
     handles = []
@@ -724,6 +749,29 @@ def time_breakdown(
         other = sum(_eager_linear_s(m) for m in linears if not isinstance(m, QuantLinear))
         for s in per_step:
             s["other_linears"] = other
+    for s in per_step:
+        s["rest"] = s["total"] - s["quantized_linears"] - s["other_linears"]
+    keys = ("quantized_linears", "other_linears", "rest", "total")
+    return {key: statistics.fmean(s[key] for s in per_step) for key in keys}
+
+
+def _lean_breakdown(stepper: Any, prompt: torch.Tensor, steps: int) -> dict[str, float]:
+    """`time_breakdown` of the lean step: its own timer around each projection and the lm_head."""
+    length = prompt.shape[1]
+    cache = stepper.new_cache()
+    out = stepper.prefill(prompt, cache)
+    token = out.logits[:, -1:].argmax(-1)
+    per_step = []
+    try:
+        for i in range(steps):
+            stepper.timer = {"quantized_linears": 0.0, "other_linears": 0.0}
+            t = time.perf_counter()
+            out = stepper.decode(token, cache, length + i)
+            token = out.logits[:, -1:].argmax(-1)
+            total = time.perf_counter() - t
+            per_step.append({**stepper.timer, "total": total})
+    finally:
+        stepper.timer = None
     for s in per_step:
         s["rest"] = s["total"] - s["quantized_linears"] - s["other_linears"]
     keys = ("quantized_linears", "other_linears", "rest", "total")
@@ -793,12 +841,13 @@ def _measure(
     threads: int,
     breakdown: bool,
     compile_step: bool = False,
+    loop: str = "hf",
 ) -> dict[str, Any]:
     import torch
 
     tb = token_bytes(model, context=prompt.shape[1] + (gen - 1) / 2)
     with torch.inference_mode():
-        stepper = decode_step(model, prompt, prompt.shape[1] + gen + 1, compile_step)
+        stepper = decode_step(model, prompt, prompt.shape[1] + gen + 1, compile_step, loop)
         try:
             timing = decode_loop(model, prompt, gen, repeats, stepper)
             parts = time_breakdown(model, prompt, stepper=stepper) if breakdown else None
@@ -826,6 +875,8 @@ def _measure(
     }
     if stepper.note:
         out["loop_note"] = stepper.note
+    if stepper.loop == "lean":  # how its projections ran: lut (one fused kernel call), cat (one matmul), each
+        out["lean_projections"] = dict(collections.Counter(stepper.kernels))
     if parts is not None:
         out["seconds_per_token"] = parts
     return out
@@ -841,13 +892,14 @@ def bench_decode(
     repeats: int = 3,
     breakdown: bool = True,
     compile_step: bool = False,
+    loop: str = "auto",
 ) -> dict[str, Any]:
     """Prefill and decode speed of `model_src` in bf16 (its quantized linears through the path `kernel`
     picks), the bytes per decode token, the bandwidth measured here, the bound and the fraction of it; the
     resident memory while generating against the bytes the model holds. `baseline="bf16"`: the same for the
     folder's source model in bf16 (or its dequantized weights where the source is gone) through the same loop,
-    and the ratios. compile_step: the decode step compiled (`decode_step`; each result's `loop` says whether it
-    was, `compile_s` what compiling cost), else eager."""
+    and the ratios. loop and compile_step: which decode step runs (`decode_step`; each result's `loop` says
+    which did, `compile_s` what compiling cost)."""
     import torch
 
     from llm1bit.format.folder import is_quantized_folder
@@ -856,6 +908,10 @@ def bench_decode(
     from llm1bit.quant.hf.loading import check_model_source, load_model
 
     check_decode_args(prompt_len, gen, threads, repeats)
+    if loop not in DECODE_LOOPS:
+        raise unknown_choice("--loop", loop, DECODE_LOOPS)
+    if compile_step and loop == "lean":
+        raise UserError("--compile compiles transformers' forward (--loop hf); the lean step is not compiled")
     if baseline not in (None, "bf16"):
         raise UserError(f"--baseline {baseline!r}: only bf16")
     check_model_source(model_src)
@@ -890,7 +946,9 @@ def bench_decode(
             (1, prompt_len),
             generator=torch.Generator().manual_seed(0),
         )
-        result.update(_measure(model, prompt, gen, repeats, bandwidth, threads, breakdown, compile_step))
+        result.update(
+            _measure(model, prompt, gen, repeats, bandwidth, threads, breakdown, compile_step, loop)
+        )
         held, stored = held_bytes(model), stored_bytes(model)
         rss = rss_bytes()
         result["memory"] = {
@@ -914,7 +972,7 @@ def bench_decode(
             base.to(torch.bfloat16)
             with use_kernel("dense"):
                 base_result = _measure(
-                    base, prompt, gen, repeats, bandwidth, threads, breakdown, compile_step
+                    base, prompt, gen, repeats, bandwidth, threads, breakdown, compile_step, loop
                 )
             base_result["label"] = label
             result["baseline"] = base_result

@@ -87,11 +87,14 @@ def takes_c_path(w: torch.Tensor, x: torch.Tensor) -> bool:
     )
 
 
-def bf16_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """F.linear(x, weight, bias), through the C GEMV where `takes_c_path` says so."""
+def bf16_linear(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, threads: int | None = None
+) -> torch.Tensor:
+    """F.linear(x, weight, bias), through the C GEMV where `takes_c_path` says so (on `threads`, torch's
+    count by default)."""
     if not takes_c_path(weight, x):
         return F.linear(x, weight, bias)
-    y = gemv_bf16(x, weight)
+    y = gemv_bf16(x, weight, threads)
     if bias is not None:
         y += bias.detach().to(torch.float32)
     return y.to(torch.bfloat16).reshape(*x.shape[:-1], weight.shape[0])

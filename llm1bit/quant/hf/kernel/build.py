@@ -23,7 +23,7 @@ from pathlib import Path
 
 SOURCE = Path(__file__).with_name("lut.c")
 FLAGS = ("-O3", "-shared", "-fPIC", "-pthread", "-std=gnu11", "-ffp-contract=off", "-fno-fast-math")
-ABI_VERSION = 2
+ABI_VERSION = 3
 ISA_NAMES = {0: "none", 1: "avx2", 2: "avx512"}
 
 
@@ -88,7 +88,7 @@ def compile_library(cc: str, target: Path) -> None:
     os.close(fd)
     try:
         proc = subprocess.run(
-            [cc, *FLAGS, "-o", tmp, str(SOURCE)], capture_output=True, text=True, timeout=300
+            [cc, *FLAGS, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True, timeout=300
         )
         if proc.returncode != 0:
             lines = (proc.stderr or proc.stdout).strip().splitlines()
@@ -160,6 +160,30 @@ def _load() -> Library:
         ctypes.c_int,
         ctypes.c_int,
     ]
+    lib.llm1bit_lut_gemm_bf16_multi.restype = ctypes.c_int
+    lib.llm1bit_lut_gemm_bf16_multi.argtypes = [
+        ctypes.POINTER(ctypes.POINTER(LutLayer)),
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_int,
+        ctypes.c_void_p,
+        ctypes.c_int,
+        ctypes.c_int,
+        ctypes.c_int,
+    ]
+    u16, ptr, i32, f32 = ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_float
+    lib.llm1bit_add_rmsnorm_bf16.restype = ctypes.c_int
+    lib.llm1bit_add_rmsnorm_bf16.argtypes = [u16, u16, u16, f32, i32, u16]
+    lib.llm1bit_silu_mul_bf16.restype = ctypes.c_int
+    lib.llm1bit_silu_mul_bf16.argtypes = [u16, i32, u16]
+    lib.llm1bit_attn_decode_bf16.restype = ctypes.c_int
+    lib.llm1bit_attn_decode_bf16.argtypes = [ptr, ptr, ptr, ptr, ptr, i32, i32, i32, i32, i32, f32, ptr]
+    lib.llm1bit_f32_bias_to_bf16.restype = ctypes.c_int
+    lib.llm1bit_f32_bias_to_bf16.argtypes = [ptr, ptr, i32, u16]
+    lib.llm1bit_pool_spin_us.restype = ctypes.c_long
+    lib.llm1bit_pool_spin_us.argtypes = [ctypes.c_long]
     lib.llm1bit_lut_dequant.restype = ctypes.c_int
     lib.llm1bit_lut_dequant.argtypes = [
         ctypes.POINTER(LutLayer),

@@ -27,8 +27,9 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import ctypes
+import functools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -326,3 +327,121 @@ def rotate(lib: build.Library, rot: Rotation, x: np.ndarray, transpose: bool) ->
     if rc != 0:
         raise MemoryError("the rotation kernel could not allocate its buffer")
     return x
+
+
+MAX_FUSED = 8  # layers one `llm1bit_lut_gemm_bf16_multi` call takes (MAXLAYERS in lut.c)
+MAX_FUSED_ROWS = 16  # tokens per call (BLOCKM in lut.c)
+
+
+class FusedLayers:
+    """Several kernel-served lat layers that read the same input (q/k/v, gate/up of a decoder layer) as one
+    call: x converted and its tables built once, one thread-pool job over the rows of all of them, the
+    outputs side by side in one bf16 tensor. Each output has the same bits as the layer's own `lut_linear`.
+    Built once for fixed layers (their layouts are taken now; a layer whose buffers change later needs a new
+    one). `fusable` says why layers cannot be fused (None when they can)."""
+
+    def __init__(self, prepared: list[Prepared], biases: list[torch.Tensor | None]) -> None:
+        reason = fusable(prepared)
+        if reason is not None:
+            raise ValueError(reason)
+        lib = build.load()
+        assert lib is not None  # fusable checked it
+        self.lib, self.isa = lib, forced_isa(lib)
+        self.prepared = prepared  # keeps the arrays the structs point into alive
+        self.k = prepared[0].k
+        self.sizes = [p.n for p in prepared]
+        self.n = sum(self.sizes)
+        self.layers = (ctypes.POINTER(build.LutLayer) * len(prepared))(
+            *(ctypes.pointer(p.struct()) for p in prepared)
+        )
+        self.count = len(prepared)
+        if all(b is None for b in biases):
+            self.bias = None
+        else:
+            parts = [
+                torch.zeros(p.n) if b is None else b.detach().to(torch.float32).reshape(p.n)
+                for p, b in zip(prepared, biases, strict=True)
+            ]
+            self.bias = torch.cat(parts).contiguous()
+        self.work = self.n * self.k * prepared[0].q
+
+    def __call__(self, x: torch.Tensor, threads: int | None = None) -> torch.Tensor:
+        """x (..., K) bf16, at most MAX_FUSED_ROWS rows -> (..., sum of N) bf16, on `threads` (default:
+        torch's, one below `THREAD_MIN_WORK`)."""
+        lead = x.shape[:-1]
+        xf = x.detach().reshape(-1, self.k)
+        m = xf.shape[0]
+        if x.dtype != torch.bfloat16 or not 1 <= m <= MAX_FUSED_ROWS or x.shape[-1] != self.k:
+            raise ValueError(
+                f"fused layers take 1-{MAX_FUSED_ROWS} bf16 rows of {self.k}, not {x.dtype} {tuple(x.shape)}"
+            )
+        if not xf.is_contiguous():
+            xf = xf.contiguous()
+        if threads is None:
+            threads = torch.get_num_threads() if self.work * m >= THREAD_MIN_WORK else 1
+        y = torch.empty(m, self.n, dtype=torch.bfloat16)
+        _check(
+            self.lib.lib.llm1bit_lut_gemm_bf16_multi(
+                self.layers,
+                self.count,
+                xf.data_ptr(),
+                self.k,
+                y.data_ptr(),
+                self.n,
+                None if self.bias is None else self.bias.data_ptr(),
+                m,
+                threads,
+                self.isa,
+            )
+        )
+        return y.reshape(*lead, self.n)
+
+    def bind(self, x: torch.Tensor, y: torch.Tensor, threads: int) -> Callable[[], int]:
+        """The call y = [W_0; W_1; ...] x for one row x, as a function of no arguments (its return code: 0
+        when done) with every argument fixed: for a caller that runs the same layers on the same buffers every
+        token (the lean decode step), ~1 us of Python a call. x (K) and y (sum of N) are contiguous bf16
+        tensors the caller keeps alive."""
+        if x.dtype != torch.bfloat16 or x.numel() != self.k or not x.is_contiguous():
+            raise ValueError(
+                f"bind takes one contiguous bf16 row of {self.k}, not {x.dtype} {tuple(x.shape)}"
+            )
+        if y.dtype != torch.bfloat16 or y.numel() != self.n or not y.is_contiguous():
+            raise ValueError(
+                f"bind writes one contiguous bf16 row of {self.n}, not {y.dtype} {tuple(y.shape)}"
+            )
+        bias = None if self.bias is None else self.bias.data_ptr()
+        fn = self.lib.lib.llm1bit_lut_gemm_bf16_multi
+        args = (
+            self.layers,
+            self.count,
+            x.data_ptr(),
+            self.k,
+            y.data_ptr(),
+            self.n,
+            bias,
+            1,
+            threads,
+            self.isa,
+        )
+        return functools.partial(fn, *args)
+
+
+def pool_spin_us(us: int) -> int:
+    """Let the kernel's helper threads poll `us` microseconds for the next call before they sleep (0: sleep
+    at once, the default); returns the previous setting. For a caller that makes many small kernel calls in
+    a row while nothing else runs (the lean decode step)."""
+    lib = build.load()
+    return 0 if lib is None else int(lib.lib.llm1bit_pool_spin_us(us))
+
+
+def fusable(prepared: list[Prepared]) -> str | None:
+    """Why these layouts cannot go through one `FusedLayers` call, or None."""
+    if not 1 <= len(prepared) <= MAX_FUSED:
+        return f"{len(prepared)} layers (1 to {MAX_FUSED} fuse)"
+    if build.load() is None:
+        return build.unavailable_reason() or "the LUT kernel is not available here"
+    if any(p.mode != 0 or p.rescale is not None for p in prepared):
+        return "only lat layouts (block scales, no rotation) fuse"
+    if len({(p.k, p.kp) for p in prepared}) != 1:
+        return "the layers read inputs of different widths"
+    return None

@@ -31,6 +31,7 @@
    so the result has the same bits for any thread count. Compiled without -ffast-math and with -ffp-contract=off. */
 
 #include <immintrin.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -49,7 +50,7 @@ enum { ISA_NONE = 0, ISA_AVX2 = 1, ISA_AVX512 = 2 };
 #define T256 __attribute__((target("avx2,fma")))
 #define INLINE static inline __attribute__((always_inline))
 
-int llm1bit_abi_version(void) { return 2; }
+int llm1bit_abi_version(void) { return 3; }
 
 int llm1bit_isa(void) {
     __builtin_cpu_init();
@@ -431,8 +432,9 @@ static long now_ns(void) {
 
 /* poll P.gen (without the lock) for up to pool_spin_ns; 1 if a new job was posted */
 static int pool_spin(unsigned long seen) {
-    if (pool_spin_ns <= 0) return 0;
-    const long end = now_ns() + pool_spin_ns;
+    const long spin_ns = __atomic_load_n(&pool_spin_ns, __ATOMIC_RELAXED);
+    if (spin_ns <= 0) return 0;
+    const long end = now_ns() + spin_ns;
     for (int i = 1;; i++) {
         if (__atomic_load_n(&P.gen, __ATOMIC_ACQUIRE) != seen) return 1;
         _mm_pause();
@@ -703,6 +705,100 @@ int llm1bit_lut_gemm_bf16(const lut_layer *L, const uint16_t *x, int ldx, uint16
     return rc;
 }
 
+/* ---------------------------------------------------------------- several layers, one input
+
+   y = x [W_0; W_1; ...]^T for up to MAXLAYERS mode-0 layers that read the same x (q/k/v, gate/up in decode):
+   x converted and its tables built once, one pool job over the groups of every layer (a layer too small to
+   be worth a thread alone shares one with the others), the outputs side by side in one bf16 row per token
+   (layer j's at column offset n_0 + ... + n_{j-1}), the fp32 bias of all layers concatenated (or NULL).
+   Each row is computed exactly as `llm1bit_lut_gemm_bf16` computes it for its layer alone (same tables, same
+   order of operations): the same bits. Returns 0, -1 (unknown isa, a layer not mode 0, layers of different
+   k, too many layers, m outside 1..BLOCKM), -2 (out of memory). */
+#define MAXLAYERS 8
+
+typedef struct {
+    task_t tasks[MAXLAYERS];
+    int starts[MAXLAYERS + 1]; /* first global group of each layer */
+    int count, chunk;
+    int *next;
+} multi_job;
+
+static void multi_slot(void *ctx, int slot) {
+    (void)slot;
+    const multi_job *J = (const multi_job *)ctx;
+    const int total = J->starts[J->count];
+    int current_rb = -1, j = 0;
+    for (;;) {
+        const int g0 = __atomic_fetch_add(J->next, J->chunk, __ATOMIC_RELAXED);
+        if (g0 >= total) break;
+        const int g1 = g0 + J->chunk < total ? g0 + J->chunk : total;
+        for (int g = g0; g < g1; g++) {
+            while (g >= J->starts[j + 1]) j++;
+            while (g < J->starts[j]) j--;
+            run_group(&J->tasks[j], g - J->starts[j], &current_rb);
+        }
+    }
+}
+
+int llm1bit_lut_gemm_bf16_multi(const lut_layer *const *Ls, int count, const uint16_t *x, int ldx, uint16_t *y,
+                                int ldy, const float *bias, int m, int threads, int isa) {
+    if (isa != ISA_AVX512 && isa != ISA_AVX2) return -1;
+    if (isa > llm1bit_isa()) return -1;
+    if (count < 1 || count > MAXLAYERS || m < 1 || m > BLOCKM) return -1;
+    const int k = Ls[0]->k, kp = Ls[0]->kp;
+    int ntot = 0, groups = 0;
+    for (int j = 0; j < count; j++) {
+        if (Ls[j]->mode != 0 || Ls[j]->k != k || Ls[j]->kp != kp) return -1;
+        ntot += Ls[j]->n;
+        groups += Ls[j]->groups;
+    }
+    const size_t ts = table_floats(kp);
+    float *xp = alloc_floats((size_t)m * kp);
+    float *tabs = alloc_floats((size_t)m * ts);
+    float *yf = alloc_floats((size_t)m * ntot);
+    if (!xp || !tabs || !yf) {
+        free(xp);
+        free(tabs);
+        free(yf);
+        return -2;
+    }
+    for (int t = 0; t < m; t++) {
+        float *row = xp + (size_t)t * kp;
+        for (int i = 0; i < k; i++) {
+            const uint32_t u = (uint32_t)x[(size_t)t * ldx + i] << 16;
+            memcpy(row + i, &u, 4);
+        }
+        memset(row + k, 0, sizeof(float) * (kp - k));
+        build_tables(isa, row, kp, tabs + (size_t)t * ts);
+    }
+    if (threads < 1) threads = 1;
+    if (threads > groups) threads = groups > 0 ? groups : 1;
+    if (threads > 64) threads = 64;
+    int next = 0, chunk = groups / (8 * threads);
+    multi_job J;
+    J.count = count;
+    J.chunk = chunk < 1 ? 1 : chunk;
+    J.next = &next;
+    J.starts[0] = 0;
+    for (int j = 0, off = 0; j < count; j++) {
+        task_t T = {Ls[j], isa, J.chunk, m, &next, xp, tabs, yf + off, ntot, NULL};
+        J.tasks[j] = T;
+        J.starts[j + 1] = J.starts[j] + Ls[j]->groups;
+        off += Ls[j]->n;
+    }
+    pool_run(multi_slot, &J, threads);
+    for (int t = 0; t < m; t++)
+        for (int r = 0; r < ntot; r++) {
+            float v = yf[(size_t)t * ntot + r];
+            if (bias) v = v + bias[r];
+            y[(size_t)t * ldy + r] = v != v ? (uint16_t)0x7fc0 : to_bf16(v);
+        }
+    free(xp);
+    free(tabs);
+    free(yf);
+    return 0;
+}
+
 /* ---------------------------------------------------------------- bf16 GEMV (unquantized linears)
 
    y[r] = sum_i x[i] * W[r, i] for one bf16 row x and a bf16 weight W (n, k), row stride ldw, y fp32: the
@@ -964,4 +1060,141 @@ float llm1bit_stream_read(const float *p, size_t n, int threads) {
         total += parts[i].sum;
     }
     return total;
+}
+
+/* ---------------------------------------------------------------- one decode step's glue (bf16)
+
+   What a Llama-family decoder layer does between its projections, for one token, in C: the lean decode step
+   (llm1bit/quant/eval/lean_decode.py) calls these instead of ~25 small torch ops a layer (each ~3-7 us on this
+   machine, as much as the layer's kernels). bf16 is rounded where transformers rounds: every product or sum
+   that torch computes as its own bf16 op is rounded to bf16 here too (to nearest even); reductions (the
+   norm's mean of squares, attention) are fp32, in another order than torch's. */
+
+static inline float from_bf16(uint16_t v) {
+    const uint32_t u = (uint32_t)v << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+
+static inline float round_bf16(float f) { return from_bf16(to_bf16(f)); }
+
+/* h += d (bf16, rounded once; d NULL: no add), then out = w * bf16(h * rsqrt(mean(h^2) + eps)) (RMSNorm:
+   mean in fp32, the normalised row rounded to bf16, times the bf16 weight rounded again) */
+T256 int llm1bit_add_rmsnorm_bf16(uint16_t *h, const uint16_t *d, const uint16_t *w, float eps, int n,
+                                  uint16_t *out) {
+    float acc[16] = {0};
+    int i = 0;
+    if (d)
+        for (int j = 0; j < n; j++) h[j] = to_bf16(from_bf16(h[j]) + from_bf16(d[j]));
+    for (; i + 16 <= n; i += 16)
+        for (int j = 0; j < 16; j++) {
+            const float v = from_bf16(h[i + j]);
+            acc[j] += v * v;
+        }
+    float ss = 0;
+    for (int j = 0; j < 16; j++) ss += acc[j];
+    for (; i < n; i++) ss += from_bf16(h[i]) * from_bf16(h[i]);
+    const float r = 1.0f / sqrtf(ss / (float)n + eps);
+    for (int j = 0; j < n; j++) out[j] = to_bf16(from_bf16(w[j]) * round_bf16(from_bf16(h[j]) * r));
+    return 0;
+}
+
+/* out = bf16(bf16(silu(gate)) * up), gate = gu[0:ffn], up = gu[ffn:2 ffn] (transformers: act(gate) * up) */
+int llm1bit_silu_mul_bf16(const uint16_t *gu, int ffn, uint16_t *out) {
+    for (int j = 0; j < ffn; j++) {
+        const float g = from_bf16(gu[j]);
+        out[j] = to_bf16(round_bf16(g / (1.0f + expf(-g))) * from_bf16(gu[ffn + j]));
+    }
+    return 0;
+}
+
+/* One token of attention at position `pos`: qkv = [q (heads x dim) | k (kv x dim) | v (kv x dim)] bf16;
+   q and k rotated (x * cos + roll(x, dim / 2) * sin_signed, each product and the sum rounded to bf16, as
+   transformers' apply_rotary_pos_emb; sin_signed = sin with its first half negated); k and v written into
+   the layer's caches (kv, cache_len, dim) at pos; each query head h (sharing key/value head h / (heads / kv))
+   attends over positions 0..pos: scores (q . k) * scaling in fp32, softmax in fp32, the weighted sum of
+   values in fp32, rounded to bf16 into out (heads x dim). */
+T256 int llm1bit_attn_decode_bf16(const uint16_t *qkv, const uint16_t *cos, const uint16_t *sin_signed,
+                                  uint16_t *k_cache, uint16_t *v_cache, int cache_len, int pos, int heads, int kv,
+                                  int dim, float scaling, uint16_t *out) {
+    if (pos < 0 || pos >= cache_len || kv < 1 || heads % kv || dim % 2 || dim > 1024) return -1;
+    const int half = dim / 2, group = heads / kv, len = pos + 1;
+    float *scores = alloc_floats((size_t)len);
+    float *q = alloc_floats((size_t)dim), *acc = alloc_floats((size_t)dim);
+    if (!scores || !q || !acc) {
+        free(scores);
+        free(q);
+        free(acc);
+        return -2;
+    }
+    for (int head = 0; head < kv; head++) { /* the new key, rotated, and value into the caches */
+        const uint16_t *kin = qkv + (size_t)(heads + head) * dim, *vin = qkv + (size_t)(heads + kv + head) * dim;
+        uint16_t *krow = k_cache + ((size_t)head * cache_len + pos) * dim;
+        uint16_t *vrow = v_cache + ((size_t)head * cache_len + pos) * dim;
+        for (int i = 0; i < dim; i++) {
+            const float a = round_bf16(from_bf16(kin[i]) * from_bf16(cos[i]));
+            const float b = round_bf16(from_bf16(kin[(i + half) % dim]) * from_bf16(sin_signed[i]));
+            krow[i] = to_bf16(a + b);
+            vrow[i] = vin[i];
+        }
+    }
+    for (int h = 0; h < heads; h++) {
+        const uint16_t *qin = qkv + (size_t)h * dim;
+        const int kvh = h / group;
+        for (int i = 0; i < dim; i++) {
+            const float a = round_bf16(from_bf16(qin[i]) * from_bf16(cos[i]));
+            const float b = round_bf16(from_bf16(qin[(i + half) % dim]) * from_bf16(sin_signed[i]));
+            q[i] = round_bf16(a + b);
+        }
+        const uint16_t *keys = k_cache + (size_t)kvh * cache_len * dim;
+        const uint16_t *vals = v_cache + (size_t)kvh * cache_len * dim;
+        float top = -INFINITY;
+        for (int t = 0; t < len; t++) {
+            float part[16] = {0};
+            const uint16_t *kr = keys + (size_t)t * dim;
+            int i = 0;
+            for (; i + 16 <= dim; i += 16)
+                for (int j = 0; j < 16; j++) part[j] += q[i + j] * from_bf16(kr[i + j]);
+            float s = 0;
+            for (int j = 0; j < 16; j++) s += part[j];
+            for (; i < dim; i++) s += q[i] * from_bf16(kr[i]);
+            scores[t] = s * scaling;
+            if (scores[t] > top) top = scores[t];
+        }
+        float total = 0;
+        for (int t = 0; t < len; t++) {
+            scores[t] = expf(scores[t] - top);
+            total += scores[t];
+        }
+        for (int i = 0; i < dim; i++) acc[i] = 0;
+        for (int t = 0; t < len; t++) {
+            const float p = scores[t];
+            const uint16_t *vr = vals + (size_t)t * dim;
+            for (int i = 0; i < dim; i++) acc[i] += p * from_bf16(vr[i]);
+        }
+        uint16_t *o = out + (size_t)h * dim;
+        for (int i = 0; i < dim; i++) o[i] = to_bf16(acc[i] / total);
+    }
+    free(scores);
+    free(q);
+    free(acc);
+    return 0;
+}
+
+/* out = bf16(y + bias) (bias NULL: bf16(y)), rounded to nearest even as torch's cast: the bf16 GEMV's fp32
+   output made a bf16 linear's, without two torch ops over a vocabulary-sized row */
+int llm1bit_f32_bias_to_bf16(const float *y, const float *bias, int n, uint16_t *out) {
+    for (int j = 0; j < n; j++) out[j] = to_bf16(bias ? y[j] + bias[j] : y[j]);
+    return 0;
+}
+
+/* how long the pool's helpers poll for the next job before sleeping (microseconds; 0: sleep at once); returns
+   the previous value. The lean decode step polls while it runs (the kernel's calls come ~20-200 us apart and
+   torch's own threads are idle then), and restores the default after. */
+long llm1bit_pool_spin_us(long us) {
+    pthread_once(&P_once, pool_init);
+    const long before = pool_spin_ns / 1000;
+    __atomic_store_n(&pool_spin_ns, us < 0 ? 0 : 1000 * us, __ATOMIC_RELAXED);
+    return before;
 }
