@@ -47,6 +47,27 @@ class LutLayer(ctypes.Structure):
     ]
 
 
+_P, _I, _F, _L = ctypes.c_void_p, ctypes.c_int, ctypes.c_float, ctypes.c_long
+_LAYER = ctypes.POINTER(LutLayer)
+# The C functions' result and argument types (lut.c's declarations; _P: any pointer, bf16 data as uint16)
+SIGNATURES: dict[str, tuple[type, list]] = {
+    "llm1bit_isa": (_I, []),
+    "llm1bit_bf16_isa": (_I, []),
+    "llm1bit_lut_gemm": (_I, [_LAYER, _P, _I, _P, _I, _I, _I, _I]),
+    "llm1bit_lut_gemm_bf16": (_I, [_LAYER, _P, _I, _P, _I, _P, _I, _I, _I]),
+    "llm1bit_lut_gemm_bf16_multi": (_I, [ctypes.POINTER(_LAYER), _I, _P, _I, _P, _I, _P, _I, _I, _I]),
+    "llm1bit_lut_dequant": (_I, [_LAYER, _P, _I, _I, _I]),
+    "llm1bit_hadamard": (_I, [_P, _P, _I, _I, _I, _P, _I, _I]),
+    "llm1bit_stream_read": (_F, [_P, ctypes.c_size_t, _I]),
+    "llm1bit_bf16_gemv": (_I, [_P, _I, _I, _I, _P, _P, _I, _I]),
+    "llm1bit_add_rmsnorm_bf16": (_I, [_P, _P, _P, _F, _I, _P]),
+    "llm1bit_silu_mul_bf16": (_I, [_P, _I, _P]),
+    "llm1bit_attn_decode_bf16": (_I, [_P, _P, _P, _P, _P, _I, _I, _I, _I, _I, _F, _P]),
+    "llm1bit_f32_bias_to_bf16": (_I, [_P, _P, _I, _P]),
+    "llm1bit_pool_spin_us": (_L, [_L]),
+}
+
+
 @dataclass(frozen=True)
 class Library:
     lib: ctypes.CDLL
@@ -136,87 +157,9 @@ def _load() -> Library:
     lib.llm1bit_abi_version.restype = ctypes.c_int
     if lib.llm1bit_abi_version() != ABI_VERSION:
         raise RuntimeError(f"{target} has another ABI version")
-    lib.llm1bit_isa.restype = ctypes.c_int
-    lib.llm1bit_lut_gemm.restype = ctypes.c_int
-    lib.llm1bit_lut_gemm.argtypes = [
-        ctypes.POINTER(LutLayer),
-        ctypes.c_void_p,
-        ctypes.c_int,
-        ctypes.c_void_p,
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.c_int,
-    ]
-    lib.llm1bit_lut_gemm_bf16.restype = ctypes.c_int
-    lib.llm1bit_lut_gemm_bf16.argtypes = [
-        ctypes.POINTER(LutLayer),
-        ctypes.c_void_p,
-        ctypes.c_int,
-        ctypes.c_void_p,
-        ctypes.c_int,
-        ctypes.c_void_p,
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.c_int,
-    ]
-    lib.llm1bit_lut_gemm_bf16_multi.restype = ctypes.c_int
-    lib.llm1bit_lut_gemm_bf16_multi.argtypes = [
-        ctypes.POINTER(ctypes.POINTER(LutLayer)),
-        ctypes.c_int,
-        ctypes.c_void_p,
-        ctypes.c_int,
-        ctypes.c_void_p,
-        ctypes.c_int,
-        ctypes.c_void_p,
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.c_int,
-    ]
-    u16, ptr, i32, f32 = ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int, ctypes.c_float
-    lib.llm1bit_add_rmsnorm_bf16.restype = ctypes.c_int
-    lib.llm1bit_add_rmsnorm_bf16.argtypes = [u16, u16, u16, f32, i32, u16]
-    lib.llm1bit_silu_mul_bf16.restype = ctypes.c_int
-    lib.llm1bit_silu_mul_bf16.argtypes = [u16, i32, u16]
-    lib.llm1bit_attn_decode_bf16.restype = ctypes.c_int
-    lib.llm1bit_attn_decode_bf16.argtypes = [ptr, ptr, ptr, ptr, ptr, i32, i32, i32, i32, i32, f32, ptr]
-    lib.llm1bit_f32_bias_to_bf16.restype = ctypes.c_int
-    lib.llm1bit_f32_bias_to_bf16.argtypes = [ptr, ptr, i32, u16]
-    lib.llm1bit_pool_spin_us.restype = ctypes.c_long
-    lib.llm1bit_pool_spin_us.argtypes = [ctypes.c_long]
-    lib.llm1bit_lut_dequant.restype = ctypes.c_int
-    lib.llm1bit_lut_dequant.argtypes = [
-        ctypes.POINTER(LutLayer),
-        ctypes.c_void_p,
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.c_int,
-    ]
-    lib.llm1bit_hadamard.restype = ctypes.c_int
-    lib.llm1bit_hadamard.argtypes = [
-        ctypes.c_void_p,
-        ctypes.c_void_p,
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.c_void_p,
-        ctypes.c_int,
-        ctypes.c_int,
-    ]
-    lib.llm1bit_stream_read.restype = ctypes.c_float
-    lib.llm1bit_stream_read.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    lib.llm1bit_bf16_isa.restype = ctypes.c_int
-    lib.llm1bit_bf16_gemv.restype = ctypes.c_int
-    lib.llm1bit_bf16_gemv.argtypes = [
-        ctypes.c_void_p,
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.c_int,
-        ctypes.c_void_p,
-        ctypes.c_void_p,
-        ctypes.c_int,
-        ctypes.c_int,
-    ]
+    for name, (restype, argtypes) in SIGNATURES.items():
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = restype, argtypes
     isa = int(lib.llm1bit_isa())
     if isa == 0:
         raise RuntimeError("this CPU has neither AVX-512 nor AVX2 with FMA")
