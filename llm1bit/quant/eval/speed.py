@@ -437,53 +437,47 @@ def token_bytes(model: nn.Module, context: float) -> TokenBytes:
 def held_bytes(model: nn.Module) -> int:
     """Bytes the model holds for its weights: packed tensors of quantized linears (their codes in the kernel's
     layout where released) plus every other parameter and buffer, tied tensors once."""
-    from llm1bit.quant.hf.kernel.gemv import _ATTR
-    from llm1bit.quant.hf.linear import QuantLinear
-
-    total, seen = 0, set()
-    for module in model.modules():
-        if isinstance(module, QuantLinear):
-            prepared = module.__dict__.get(_ATTR)
-            for key in module.packed_names:
-                t = module._buffers.get(key)
-                if t is not None:
-                    total += _nbytes(t)
-            if prepared is not None:
-                total += prepared.nbytes
-            if module.bias is not None:
-                total += _nbytes(module.bias)
-                seen.add(module.bias.data_ptr())
-            continue
-        for t in list(module.parameters(recurse=False)) + list(module.buffers(recurse=False)):
-            if t is None or t.data_ptr() in seen:
-                continue
-            seen.add(t.data_ptr())
-            total += _nbytes(t)
-    return total
+    return _weight_bytes(model, _held_quantized)
 
 
 def stored_bytes(model: nn.Module) -> int:
     """Bytes of the model as stored: the packed tensors of quantized linears (a released `codes` at its packed
     size) plus every other parameter and buffer in its current dtype, tied tensors once. What `held_bytes`
     is measured against: the target is to hold no more than this."""
+    return _weight_bytes(model, _stored_quantized)
+
+
+def _held_quantized(module: nn.Module, prepared: Any) -> int:
+    held = (module._buffers.get(key) for key in module.packed_names)
+    return sum(_nbytes(t) for t in held if t is not None) + (prepared.nbytes if prepared is not None else 0)
+
+
+def _stored_quantized(module: nn.Module, prepared: Any) -> int:
     import numpy as np
 
+    total = 0
+    for key in module.packed_names:
+        t = module._buffers.get(key)
+        if t is not None:
+            total += _nbytes(t)
+        elif key == "codes":  # released: q planes x N rows x ceil(K / 8) bytes
+            total += module.bits * module.out_features * -(-module.in_features // 8)
+        elif prepared is not None and prepared.scales_stored is not None:  # released lat scales
+            shape = prepared.scales_stored.shape
+            total += int(np.prod(shape)) * (4 if prepared.scales_stored.name == "scales" else 1)
+    return total
+
+
+def _weight_bytes(model: nn.Module, quantized: Callable[[nn.Module, Any], int]) -> int:
+    """Every parameter and buffer once (tied tensors once), a quantized linear's packed tensors counted by
+    `quantized(module, its kernel layout or None)`, its bias as it is."""
     from llm1bit.quant.hf.kernel.gemv import _ATTR
     from llm1bit.quant.hf.linear import QuantLinear
 
     total, seen = 0, set()
     for module in model.modules():
         if isinstance(module, QuantLinear):
-            prepared = module.__dict__.get(_ATTR)
-            for key in module.packed_names:
-                t = module._buffers.get(key)
-                if t is not None:
-                    total += _nbytes(t)
-                elif key == "codes":  # released: q planes x N rows x ceil(K / 8) bytes
-                    total += module.bits * module.out_features * -(-module.in_features // 8)
-                elif prepared is not None and prepared.scales_stored is not None:  # released lat scales
-                    shape = prepared.scales_stored.shape
-                    total += int(np.prod(shape)) * (4 if prepared.scales_stored.name == "scales" else 1)
+            total += quantized(module, module.__dict__.get(_ATTR))
             if module.bias is not None:
                 total += _nbytes(module.bias)
                 seen.add(module.bias.data_ptr())
