@@ -331,8 +331,20 @@ class LayerStep:
     def hessians(self, expert_group: Sequence[int] | None = None) -> dict[str, torch.Tensor]:
         """Relative name -> H / n_samples (float32) of every dense target and of the expert slices of
         `expert_group` (all experts by default), from one forward of the layer as it is."""
-        t0 = time.perf_counter()
         dense = {rel: m for rel, m in self.targets.items() if not isinstance(m, ExpertSlice)}
+        out = self._timed_hessians(dense, expert_group, stop_after_experts=False)
+        self._ran = True
+        return out
+
+    def expert_hessians(self, expert_group: Sequence[int]) -> dict[str, torch.Tensor]:
+        """The slices of `expert_group` only, from a forward that stops at the experts modules; the layer
+        must still be unquantized up to them (its outputs are not written)."""
+        return self._timed_hessians({}, expert_group, stop_after_experts=True)
+
+    def _timed_hessians(
+        self, dense: dict[str, Any], expert_group: Sequence[int] | None, stop_after_experts: bool
+    ) -> dict[str, torch.Tensor]:
+        t0 = time.perf_counter()
         out = layer_hessians(
             self.layer,
             dense,
@@ -343,26 +355,7 @@ class LayerStep:
             self.tokens,
             self.dtype,
             expert_group,
-        )
-        self.forward_seconds += time.perf_counter() - t0
-        self._ran = True
-        return out
-
-    def expert_hessians(self, expert_group: Sequence[int]) -> dict[str, torch.Tensor]:
-        """The slices of `expert_group` only, from a forward that stops at the experts modules; the layer
-        must still be unquantized up to them (its outputs are not written)."""
-        t0 = time.perf_counter()
-        out = layer_hessians(
-            self.layer,
-            {},
-            self.inputs,
-            self.kwargs,
-            self.outputs,
-            self.experts,
-            self.tokens,
-            self.dtype,
-            expert_group,
-            stop_after_experts=True,
+            stop_after_experts=stop_after_experts,
         )
         self.forward_seconds += time.perf_counter() - t0
         return out
