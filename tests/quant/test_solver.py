@@ -244,6 +244,30 @@ def test_butterfly_factors() -> None:
     assert butterfly_factors(1) == (1, 1)
 
 
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(mode="lat", groupsize=64),
+        dict(method="gptq", groupsize=48),  # groups read rows past a 16-column block: the loop waits for them
+        dict(mode="acc", incoherence=False),
+    ],
+)
+def test_block_updates_behind_a_worker_thread_change_no_bit(make_layer, kw) -> None:
+    # with 2 threads the rows after the next block are updated on a worker thread (gptq_loop), with 1 in line
+    w, h, _ = make_layer(96, 200, tokens=512, seed=5)
+    spec = QuantSpec(wbits=2, blocksize=16, **kw)
+    before = torch.get_num_threads()
+    try:
+        out = []
+        for threads in (1, 2):
+            torch.set_num_threads(threads)
+            out.append(solve(w, h, spec))
+    finally:
+        torch.set_num_threads(before)
+    (one, final_one), (two, final_two) = out
+    assert torch.equal(final_one, final_two) and one.error == two.error
+
+
 def test_caller_thread_setting_is_restored(make_layer) -> None:
     w, h, _ = make_layer(16, 16, tokens=64)
     before = torch.get_num_threads()

@@ -150,12 +150,25 @@ def _pot_abs(r: torch.Tensor) -> torch.Tensor:
     return torch.bitwise_and(r.abs().view(torch.int32) + carry, mask).view(torch.float32)
 
 
+@lru_cache(maxsize=16)
+def _sign_exp_mask(device: torch.device | str) -> torch.Tensor:
+    """0-d int32 tensor: the sign and exponent fields of a float32."""
+    return torch.tensor(-(1 << 31) | _EXP_FIELD, dtype=torch.int32, device=device)
+
+
+def _pot(r: torch.Tensor) -> torch.Tensor:
+    """PoT(r) with its sign: `_pot_abs` on the magnitude bits with the sign bit kept (the carry never reaches
+    the sign bit of a finite value), two integer operations; 0 where r == 0 (-0.0 for -0.0)."""
+    carry, _ = _bit_constants(r.device)
+    return torch.bitwise_and(r.view(torch.int32) + carry, _sign_exp_mask(r.device)).view(torch.float32)
+
+
 def apot_values(v: torch.Tensor, terms: int) -> torch.Tensor:
     """APoT(v, terms) values of a float32 tensor (the solver's rounds): the same values as `apot`."""
-    s = _pot_abs(v).copysign_(v)
+    s = _pot(v)
     for _ in range(1, terms):
         r = v - s  # exact (module docstring)
-        s = s + _pot_abs(r).copysign_(r)
+        s = s + _pot(r)
     return s
 
 

@@ -115,14 +115,14 @@ def greedy(x: torch.Tensor, sizes: torch.Tensor, q: int) -> tuple[torch.Tensor, 
     """Greedy residual init: b_i = sign(r), a_i = mean_group |r|. Padding must be 0. Returns (B (G, n, q), a (G, q))."""
     r = x.clone()
     n = sizes.to(torch.float32)
-    codes = torch.empty(x.shape + (q,), dtype=torch.float32, device=x.device)
+    # plane by plane in (G, q, n) (contiguous writes and a contiguous B^T for the normal equations)
+    codes = torch.empty((x.shape[0], q, x.shape[1]), dtype=torch.float32, device=x.device)
     a = torch.empty((x.shape[0], q), dtype=torch.float32, device=x.device)
     for i in range(q):
-        b = torch.sign(r)
-        a[:, i] = r.abs().sum(dim=1) / n
+        b = torch.sign(r, out=codes[:, i])
+        torch.div(r.abs().sum(dim=1), n, out=a[:, i])
         r -= a[:, i, None] * b
-        codes[..., i] = b
-    return codes, a
+    return codes.transpose(1, 2), a
 
 
 def cg(A: torch.Tensor, rhs: torch.Tensor, a: torch.Tensor, iters: int) -> torch.Tensor:
@@ -134,10 +134,12 @@ def cg(A: torch.Tensor, rhs: torch.Tensor, a: torch.Tensor, iters: int) -> torch
     r = rhs[:, :, None] - torch.bmm(A, a)
     p = r
     rs = (r * r).sum(1, keepdim=True)
-    for _ in range(iters):
+    for it in range(iters):
         ap = torch.bmm(A, p)
         alpha = rs / ((p * ap).sum(1, keepdim=True) + eps)
         a = a + alpha * p
+        if it == iters - 1:
+            break  # the last step's residual and direction are never read (a round is op-count bound)
         r = r - alpha * ap
         rs_new = (r * r).sum(1, keepdim=True)
         p = r + (rs_new / (rs + eps)) * p
@@ -322,19 +324,24 @@ def _rounds_many(x, sizes, q, rounds, apot_terms, early_exit, btb, btx, a) -> BC
     has repeated."""
     G, n = x.shape
     device = x.device
-    pad = torch.arange(n, device=device)[None, :] >= sizes[:, None]
-    xs = _sort_rows(torch.where(pad, torch.inf, x))  # padding sorts last
-    csum = torch.zeros((G, n + 1), dtype=torch.float64, device=device)
-    torch.cumsum(torch.where(pad, 0.0, xs).double(), dim=1, out=csum[:, 1:])
     # [entry count, prefix sum] of the sorted x, so that one gather at the level boundaries gives both
-    ramp = torch.arange(n + 1, dtype=torch.float64, device=device).expand(G, -1)
-    prefix = torch.stack([ramp, csum], dim=1)  # (G, 2, n + 1)
+    prefix = torch.empty((G, 2, n + 1), dtype=torch.float64, device=device)
+    prefix[:, 0] = torch.arange(n + 1, dtype=torch.float64, device=device)
+    prefix[:, 1, 0] = 0.0
+    if int(sizes.min()) == n:  # no padding (a host read: one per fit)
+        xs = _sort_rows(x)
+        torch.cumsum(xs.double(), dim=1, out=prefix[:, 1, 1:])
+    else:
+        pad = torch.arange(n, device=device)[None, :] >= sizes[:, None]
+        xs = _sort_rows(torch.where(pad, torch.inf, x))  # padding sorts last
+        torch.cumsum(torch.where(pad, 0.0, xs).double(), dim=1, out=prefix[:, 1, 1:])
+    # the stats below the first level (none) and up to the last one (all) of each group
+    lowest = prefix.new_zeros((G, 2, 1))
+    highest = prefix.gather(2, sizes[:, None, None].expand(-1, 2, 1))
     table = _normal_table(q, device)
     signs32_t = sign_table(q, device).T.contiguous()
     half = _constant(0.5, device)
     mids = torch.empty((G, 2**q - 1), dtype=torch.float32, device=device)
-    bounds = torch.zeros((G, 2**q + 1), dtype=torch.int64, device=device)  # 0, the searched bounds, size
-    bounds[:, -1] = sizes
     rows = torch.arange(G, device=device)  # the group of each row of the batch
     final = torch.empty((G, q), dtype=torch.float32, device=device)  # sorted |a| of the state after `rounds`
     history: list[torch.Tensor] = []  # the batch's scales, the last rounds
@@ -367,7 +374,9 @@ def _rounds_many(x, sizes, q, rounds, apot_terms, early_exit, btb, btx, a) -> BC
                 got = torch.stack(raws)[pick, torch.arange(B, device=device)]
                 final[rows[done]] = got[done]
                 keep = (~done).nonzero()[:, 0]
-                rows, xs, prefix, mids, bounds, a = (t[keep] for t in (rows, xs, prefix, mids, bounds, a))
+                rows, xs, prefix, lowest, highest, mids, a = (
+                    t[keep] for t in (rows, xs, prefix, lowest, highest, mids, a)
+                )
                 history = [t[keep] for t in history]
                 raws = [t[keep] for t in raws[-MAX_PERIOD:]]  # a later repeat looks back at most MAX_PERIOD
                 base = r - len(raws)
@@ -376,9 +385,10 @@ def _rounds_many(x, sizes, q, rounds, apot_terms, early_exit, btb, btx, a) -> BC
         # B^T B and B^T x of the nearest-level codes, from interval counts and sums of the sorted x
         values, order = torch.sort(torch.mm(a, signs32_t), dim=1, stable=True)  # products are exact (+-a)
         torch.add(values[:, :-1], values[:, 1:], out=mids).mul_(half)
-        torch.searchsorted(xs, mids, out=bounds[:, 1:-1])  # entries x < mid go left
-        stats = prefix.gather(2, bounds[:, None, :].expand(-1, 2, -1))  # (B, 2, L + 1)
-        per_level = stats[:, :, 1:] - stats[:, :, :-1]  # counts and sums per sorted level
+        bounds = torch.searchsorted(xs, mids)  # entries x < mid go left
+        stats = prefix.gather(2, bounds[:, None, :].expand(-1, 2, -1))  # (B, 2, L - 1)
+        # counts and sums per sorted level
+        per_level = torch.diff(stats, dim=2, prepend=lowest, append=highest)
         by_sign = torch.zeros_like(per_level).scatter_(2, order[:, None, :].expand(-1, 2, -1), per_level)
         normal = torch.mm(by_sign.view(2 * B, -1), table).float().view(B, 2, -1)  # one small 2-D product
         btb = normal[:, 0, : q * q].reshape(B, q, q)  # exact integers

@@ -22,7 +22,8 @@ once per layer, bit-exact on every machine; `incoherence.py`).
 Threads: a layer is thousands of small operations (a BCQ round is a few dozen torch calls on tensors of a
 few hundred numbers) and a few large ones (the Cholesky factor, the block updates: O(K^3) and O(N K^2)).
 `solve` runs everything with one torch thread and gives the caller's thread count only to operations of
-at least PARALLEL_FLOPS. Measured on 2 shared cores: with 2 threads for everything a SmolLM2 layer once
+at least PARALLEL_FLOPS (the Cholesky factor); with 2 or more threads the block updates of the loop run on
+a worker thread, one core, behind the small operations of the next block (`gptq_loop`). Measured on 2 shared cores: with 2 threads for everything a SmolLM2 layer once
 took 10x as long, and a single small `searchsorted` took 6 ms instead of 15 us, because every parallel
 region waits for a pool worker that the machine's other work has descheduled; the large operations,
 where 2 threads help, are the ones that get them. Small operations also run in inference mode (about
@@ -48,7 +49,7 @@ from typing import Protocol
 import torch
 
 from llm1bit.errors import UserError
-from llm1bit.quant.numerics.bcq import LevelTable, assign, bcq_fit, code_table, group_rows
+from llm1bit.quant.numerics.bcq import LevelTable, assign, bcq_fit, group_rows
 from llm1bit.quant.numerics.codes import BinaryCodes, QuantizedWeight
 from llm1bit.quant.numerics.methods import QuantSpec
 
@@ -105,7 +106,9 @@ def gptq_loop(
     The feedback is lazy at two levels: column by column inside runs of about INNER columns (whole
     slabs), one GEMM to the rest of the block after a run, one to the rest of the matrix after a block of
     about `blocksize` columns; blocks and runs never split a slab and end before a slab that reads rows
-    beyond itself. Only that last GEMM runs with `threads` threads (module docstring). r is overwritten.
+    beyond itself. That last GEMM is split: the next block's rows at once, the rows after it on a worker
+    thread (one core) while this thread quantizes the next block (`_Behind`; on a CPU with `threads` > 1).
+    r is overwritten.
     Returns (qt (K, N) the quantized columns, D (K, N), the squared norm of E per column (K,) float64):
     its sum / 2 is 1/2 tr(D H D^T), the loss of the H the loop used."""
     k, n = wt.shape
@@ -118,25 +121,78 @@ def gptq_loop(
     def cut(start: int) -> bool:
         return quantizer.reads(start) > quantizer.width
 
-    for b1, b2, block in _runs(slabs, blocksize, cut):
-        for i1, i2, run in _runs(block, INNER, cut):
-            for s1, s2 in run:
-                ahead = min(quantizer.reads(s1), k - s1)
-                if ahead:
-                    quantizer.begin_slab(_gptq_state(wt, w0, rs, s1, s1 + ahead), s1, s2)
-                for j in range(s1, s2):
-                    qcol = quantizer.column(wt[j], j)
-                    qt[j] = qcol
-                    torch.sub(w0[j], qcol, out=delta[j])
-                    if j + 1 < i2:
-                        wt[j + 1 : i2].addr_(rs[j, j + 1 : i2], delta[j])
-            if i2 < b2:
-                wt[i2:b2].addmm_(rs[i1:i2, i2:b2].T, delta[i1:i2])
-        if b2 < k:
-            with _threads(threads, 2.0 * (b2 - b1) * (k - b2) * n):
-                wt[b2:].addmm_(rs[b1:b2, b2:].T, delta[b1:b2])
+    blocks = list(_runs(slabs, blocksize, cut))
+    with _Behind(wt.device.type == "cpu" and threads > 1) as behind:
+        for at, (b1, b2, block) in enumerate(blocks):
+            for i1, i2, run in _runs(block, INNER, cut):
+                for s1, s2 in run:
+                    ahead = min(quantizer.reads(s1), k - s1)
+                    if s1 + ahead > b2:
+                        behind.wait()  # rows past this block: the last block's feedback must be in
+                    if ahead:
+                        quantizer.begin_slab(_gptq_state(wt, w0, rs, s1, s1 + ahead), s1, s2)
+                    for j in range(s1, s2):
+                        qcol = quantizer.column(wt[j], j)
+                        qt[j] = qcol
+                        torch.sub(w0[j], qcol, out=delta[j])
+                        if j + 1 < i2:
+                            wt[j + 1 : i2].addr_(rs[j, j + 1 : i2], delta[j])
+                if i2 < b2:
+                    wt[i2:b2].addmm_(rs[i1:i2, i2:b2].T, delta[i1:i2])
+            if b2 < k:
+                # the next block's rows now, the rest behind the next block's columns (disjoint rows)
+                b3 = blocks[at + 1][1]
+                behind.wait()
+                wt[b2:b3].addmm_(rs[b1:b2, b2:b3].T, delta[b1:b2])
+                if b3 < k:
+                    behind.run(wt[b3:].addmm_, rs[b1:b2, b3:].T, delta[b1:b2])
     e = (wt - qt).mul_(diag[:, None])
     return qt, delta, e.square_().sum(1, dtype=torch.float64)
+
+
+class _Behind:
+    """Runs one operation at a time behind the caller's back (a worker thread), or at once when `on` is false.
+
+    The loop's block update of the rows after the next block, O(N K blocksize) of GEMM, runs on one core
+    while the loop's small operations (one core: Python and op dispatch) quantize the next block; `wait`
+    before reading those rows. On a GPU the device already runs behind the host: no thread there."""
+
+    def __init__(self, on: bool):
+        self.on = on
+        self.pool = None
+        self.future = None
+
+    def __enter__(self) -> _Behind:
+        if self.on:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gptq-feedback")
+        return self
+
+    def run(self, fn, *args) -> None:
+        self.wait()
+        if self.pool is None:
+            fn(*args)
+        else:
+            self.future = self.pool.submit(_in_inference, fn, *args)
+
+    def wait(self) -> None:
+        if self.future is not None:
+            future, self.future = self.future, None
+            future.result()
+
+    def __exit__(self, *exc) -> None:
+        try:
+            self.wait()
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown()
+
+
+def _in_inference(fn, *args):
+    """fn(*args) in inference mode (a worker thread does not inherit the caller's mode)."""
+    with torch.inference_mode():
+        return fn(*args)
 
 
 def _gptq_state(wt: torch.Tensor, w0: torch.Tensor, rs: torch.Tensor, start: int, end: int) -> torch.Tensor:
@@ -218,12 +274,15 @@ class BlockScales:
         n_slabs = -(-k // LAT_COLS)
         self.group_of_row = torch.arange(n, device=device) // row_block
         self.rows_in_group = torch.bincount(self.group_of_row, minlength=self.groups)
-        self.level = torch.empty((k, n), dtype=torch.int32, device=device)  # sign-table index, act-order
+        # per column (act-order), the index of its level among its group's sorted levels; `_translate` turns a
+        # finished slab's indices into sign-table indices (2**q <= 256 levels: uint8)
+        self.level = torch.empty((k, n), dtype=torch.uint8, device=device)
         # scales and their terms by original slab
         self.scales = torch.empty((n_slabs, self.groups, q), dtype=torch.float32, device=device)
         self.signs = torch.zeros((n_slabs, self.groups, q, apot_terms), dtype=torch.int8, device=device)
         self.exps = torch.zeros((n_slabs, self.groups, q, apot_terms), dtype=torch.int8, device=device)
         self.padded = torch.zeros((self.groups * row_block, LAT_COLS), dtype=torch.float32, device=device)
+        self.pending: tuple[int, int, torch.Tensor] | None = None  # (start, end, order (L, N)) to translate
         self.rounds_run = 0
 
     def reads(self, start: int) -> int:
@@ -231,6 +290,7 @@ class BlockScales:
         return min(LAT_COLS, self.k - slab * LAT_COLS)  # its slab (the last original one may be narrower)
 
     def begin_slab(self, rows: torch.Tensor, start: int, end: int) -> None:
+        self._translate()
         width = end - start
         padded = self.padded if width == LAT_COLS else self.padded.new_zeros((len(self.padded), width))
         padded[: self.n] = rows.T
@@ -242,21 +302,37 @@ class BlockScales:
         self.signs[slab] = fit.signs
         self.exps[slab] = fit.exps
         table = LevelTable.build(fit.scales)
-        # the table of each row's group, so that a column is one search
-        self.mids = table.mids[self.group_of_row]
-        self.order = table.order[self.group_of_row]
-        self.values = table.values[self.group_of_row]
+        # the table of each row's group, levels along the first axis: a column is one comparison with the
+        # midpoints and one sum down the L - 1 rows (vectorised over the N rows; a per-row binary search
+        # costs ~4x as much on a CPU)
+        self.mids = table.mids.T.contiguous().index_select(1, self.group_of_row)  # (L - 1, N)
+        self.values = table.values.T.contiguous().index_select(1, self.group_of_row)  # (L, N)
+        self.pending = (start, end, table.order.T.contiguous().index_select(1, self.group_of_row))
         self.rounds_run += fit.rounds_run
 
     def column(self, w: torch.Tensor, j: int) -> torch.Tensor:
-        idx = torch.searchsorted(self.mids, w[:, None], right=True)
-        self.level[j] = self.order.gather(1, idx)[:, 0]
-        return self.values.gather(1, idx)[:, 0]
+        # the number of midpoints <= w: `LevelTable.index` (x < mid goes left, ties go right)
+        idx = torch.sum((self.mids <= w).view(torch.uint8), 0, dtype=torch.uint8, out=self.level[j])
+        return self.values.gather(0, idx.long()[None])[0]
+
+    def _translate(self) -> None:
+        """The pending slab's sorted-level indices into sign-table indices (one gather per slab)."""
+        if self.pending is not None:
+            start, end, order = self.pending
+            got = order.gather(0, self.level[start:end].long())
+            self.level[start:end] = got
+            self.pending = None
 
     def result(self, perm: torch.Tensor) -> BinaryCodes:
-        level = torch.empty_like(self.level)
-        level[perm] = self.level  # original column order
-        codes = code_table(self.q, level.device)[:, level.T]  # (q, N, K)
+        self._translate()
+        inverse = torch.empty_like(perm)
+        inverse[perm] = torch.arange(len(perm), device=perm.device)
+        level = self.level.index_select(0, inverse).T.contiguous()  # (N, K), original column order
+        # the sign table by bits: plane b of level l is -1 iff bit q-1-b of l is set (`sign_table`)
+        codes = torch.empty((self.q, self.n, self.k), dtype=torch.int8, device=level.device)
+        for b in range(self.q):
+            bit = torch.bitwise_and(torch.bitwise_right_shift(level, self.q - 1 - b), 1)
+            torch.sub(1, bit.view(torch.int8).mul_(2), out=codes[b])
         return _binary_codes(self, codes, None, None, col_block=LAT_COLS)
 
 
@@ -353,20 +429,37 @@ def block_order(
 def reverse_cholesky(h: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
     """Upper R with H' = R R^T for H' = H[perm][:, perm] (the Cholesky factor of H' reversed, reversed), in H's
     dtype. R^-1 is the upper Cholesky factor of H'^-1 that GPTQ uses; `gptq_loop` needs only R."""
+    return _reverse_factor(_reversed(h, perm), h.dtype)
+
+
+def _reversed(h: torch.Tensor, perm: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """H[back][:, back] in `dtype` (default H's), back = perm reversed: a new matrix, one pass per index."""
     back = perm.flip(0)
-    lower, info = torch.linalg.cholesky_ex(h.index_select(0, back).index_select(1, back))
+    rows = h.index_select(0, back)
+    if dtype is not None and rows.dtype != dtype:
+        rows = rows.to(dtype)
+    return rows.index_select(1, back)
+
+
+def _reverse_factor(hr: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """R (upper, `dtype`) from the reversed H' `hr` (overwritten): its lower Cholesky factor, flipped both ways.
+
+    The factor is written over `hr` and rounded to `dtype` before the flip: around the factorisation a large
+    layer spends its time in fresh pages and memory passes, so no further K x K float64 matrix is made."""
+    info = torch.empty((), dtype=torch.int32, device=hr.device)
+    torch.linalg.cholesky_ex(hr, out=(hr, info))
     if int(info):
         raise UserError(
             f"the Hessian is not positive definite even after damping (leading minor {int(info)}); raise percdamp"
         )
-    return lower.flip(0, 1)
+    return hr.to(dtype).flip(0, 1)
 
 
 def quantize_weight(weight, hessian, spec: QuantSpec) -> QuantizedWeight:
     """weight: float32 (N, K) (nn.Linear layout); hessian: float32/float64 (K, K) = sum of X^T X / n_seq from calibration
     inputs (None only allowed for rtn and bcq, which need no calibration). Returns the quantized layer; result.dequantize()
     is the quantized weight in the original basis. Does not modify `weight`."""
-    return _run(weight, hessian, spec)[0]
+    return _run(weight, hessian, spec, want_final=False)[0]
 
 
 def solve(weight, hessian, spec: QuantSpec):
@@ -375,16 +468,16 @@ def solve(weight, hessian, spec: QuantSpec):
 
     Runs on the weight's device; on a CPU its large operations use the caller's torch threads, everything
     else one thread (module docstring)."""
-    result, final = _run(weight, hessian, spec)
+    result, final = _run(weight, hessian, spec, want_final=True)
     return result, final.clone()
 
 
-def _run(weight, hessian, spec: QuantSpec):
+def _run(weight, hessian, spec: QuantSpec, want_final: bool):
     """`_solve` with one thread and in inference mode (less overhead per small operation, ~13 %); the result's
-    tensors made ordinary ones, the solver's matrix still an inference tensor."""
+    tensors made ordinary ones, the solver's matrix (None unless `want_final`) still an inference tensor."""
     threads = torch.get_num_threads()
     with torch.inference_mode(), _threads(1):
-        result, final = _solve(weight, hessian, spec, threads)
+        result, final = _solve(weight, hessian, spec, threads, want_final)
     return _outside_inference(result), final
 
 
@@ -400,7 +493,7 @@ def _outside_inference(value):
     return value
 
 
-def _solve(weight, hessian, spec: QuantSpec, threads: int):
+def _solve(weight, hessian, spec: QuantSpec, threads: int, want_final: bool = True):
     from llm1bit.quant.numerics.uniform import UniformColumns, rtn
 
     spec = spec.validate()
@@ -418,14 +511,14 @@ def _solve(weight, hessian, spec: QuantSpec, threads: int):
             if spec.method == "rtn"
             else plain_bcq(w, q, spec.groupsize, spec.bcq_rounds)
         )
-        return QuantizedWeight(codes), codes.dequantize()
+        return QuantizedWeight(codes), codes.dequantize() if want_final else None
     if hessian is None:
         raise UserError(f"method {spec.method!r} needs a Hessian from calibration inputs")
     if tuple(hessian.shape) != (k, k):
         raise UserError(
             f"Hessian shape {tuple(hessian.shape)} does not match the weight's {k} input features"
         )
-    h = hessian.detach().to(device=device, dtype=torch.float64, copy=True)
+    h = hessian.detach().to(device=device)
     if not _all_finite(h):
         raise UserError("the Hessian holds NaN or inf values")
 
@@ -438,18 +531,26 @@ def _solve(weight, hessian, spec: QuantSpec, threads: int):
         # fix-up after the rotation finds nothing dead; undoing then multiplies that column's quantization noise
         # by 1/s_j (about 30x). Zeroing dead inputs first, as GPTQ does, leaves them (nearly) zero instead.
         # The rotations are float64 NumPy (bit-reproducible on any machine), once per layer on the host.
+        h = h.to(dtype=torch.float64, copy=True)
         zero_dead_inputs(w, h)
         w_np, h_np, incoherence = incoherence_preprocess(
             w.cpu().numpy(), h.cpu().numpy(), spec.seed, spec.module
         )
         w, h = torch.from_numpy(w_np).to(device), torch.from_numpy(h_np).to(device)
-    dead = h.diagonal() == 0
-    diag, damp = gptq_fixup(w, h, spec.percdamp)
+    # `gptq_fixup` on the diagonal alone (H itself is only read, once, by the permuted float64 copy below)
+    diag = h.diagonal().to(torch.float64, copy=True)
+    dead = diag == 0
+    diag[dead] = 1.0
+    w[:, dead] = 0.0
+    damp = spec.percdamp * diag.mean()
     perm, slabs = block_order(diag, spec.act_order) if lat else column_order(diag, spec.act_order)
-    with _threads(threads, k**3 / 3):
-        r = reverse_cholesky(h, perm).to(torch.float32)
+    hr = _reversed(h, perm, torch.float64)
     del h
-    wt = w.T[perm].contiguous()
+    hr.diagonal().copy_((diag + damp)[perm.flip(0)])
+    with _threads(threads, k**3 / 3):
+        r = _reverse_factor(hr, torch.float32)
+    del hr
+    wt = w.index_select(1, perm).T.contiguous()
 
     if spec.method == "gptq":
         quantizer = UniformColumns(n, k, q, spec.groupsize, perm.tolist(), w, static=spec.act_order)
@@ -461,9 +562,11 @@ def _solve(weight, hessian, spec: QuantSpec, threads: int):
         quantizer = BCQColumns(n, k, q, row_block, spec.bcq_rounds, spec.apot_terms, device)
     qt, delta, loss_cols = gptq_loop(wt, r, slabs, quantizer, spec.blocksize, threads)
     codes = quantizer.result() if spec.method == "gptq" else quantizer.result(perm)
-    final = torch.empty_like(qt)
-    final[perm] = qt
-    final = final.T.contiguous()
+    final = None
+    if want_final or incoherence is not None:  # (N, K) in original column order: a transpose of N K floats
+        final = torch.empty_like(qt)
+        final[perm] = qt
+        final = final.T.contiguous()
     # Report every layer's error in its own units, 1/2 tr(E H E^T) with E = W - Q in the original basis and the
     # calibration Hessian H, so errors of all methods and modes compare (`bits` fits them). The loop's loss is
     # that of its damped H_d = H + lambda I + (1 on dead inputs' diagonal): sum(loss_cols) = tr(D H_d D^T), so
