@@ -99,7 +99,10 @@ def test_decode_of_a_quantized_folder_against_its_bf16_source(folders) -> None:
     assert r["kernel"].startswith("lut-") and r["baseline"]["kernel"] == "none"
     assert r["loop"] == r["baseline"]["loop"] == "lean" and r["compile_s"] is None and "loop_note" not in r
     # the same step for both: q/k/v and gate/up one kernel call each, against one bf16 matmul each
-    assert r["lean_projections"] == {"lut": 20} and r["baseline"]["lean_projections"] == {"cat": 10, "each": 10}
+    assert r["lean_projections"] == {"lut": 20} and r["baseline"]["lean_projections"] == {
+        "cat": 10,
+        "each": 10,
+    }
     assert r["baseline"]["label"].startswith("bf16 source model") and "stories260K" in r["baseline"]["label"]
     b, base = r["bytes"], r["baseline"]["bytes"]
     # the quantized projections weigh what the simulator prices; lm_head once (tied or not), one embedding row
