@@ -47,6 +47,9 @@ def test_quantize_then_eval_in_process(tmp_path: Path) -> None:
     qc = json.loads((out / "config.json").read_text())["quantization_config"]
     assert qc["quant_method"] == "llm1bit-shiftaddllm" and qc["mode"] == "lat"
     assert qc["calibration"] == {"file": "valid-head.txt", "nsamples": 4, "seqlen": 128, "seed": 0}
+    from llm1bit.quant.walk.layers import resolve_dtype
+
+    assert qc["compute_dtype"] == resolve_dtype("auto", "cpu")  # --dtype auto by default: bf16 on this CPU
     assert (out / "llm1bit_report.json").is_file()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temp folder left
 
