@@ -490,6 +490,18 @@ def _weight_bytes(model: nn.Module, quantized: Callable[[nn.Module, Any], int]) 
     return total
 
 
+def _folder_config(path: Path) -> Any:
+    """The transformers config of a model folder (a quantized folder's base model config)."""
+    from llm1bit.format.folder import is_quantized_folder, read_quantized_config
+    from llm1bit.quant.hf.checkpoint import base_config
+
+    if is_quantized_folder(path):
+        return base_config(read_quantized_config(path)[0])
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(path)
+
+
 def warm_runtime(path: Path) -> None:
     """Run a tiny random model of the folder's architecture (one layer, hidden size 64) through a prefill and
     two decode steps in bf16, so that the resident memory measured after this counts the model, not the one-time
@@ -500,18 +512,10 @@ def warm_runtime(path: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, StaticCache
 
-    from llm1bit.format.folder import is_quantized_folder, read_quantized_config
-    from llm1bit.quant.hf.checkpoint import base_config
-
     if not (path / "config.json").is_file():
         return
     try:
-        if is_quantized_folder(path):
-            config = base_config(read_quantized_config(path)[0])
-        else:
-            from transformers import AutoConfig
-
-            config = AutoConfig.from_pretrained(path)
+        config = _folder_config(path)
         config = copy.deepcopy(config)
         text = config.get_text_config()
         heads = 2
@@ -984,18 +988,10 @@ def import_architecture(path: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
-    from llm1bit.format.folder import is_quantized_folder, read_quantized_config
-    from llm1bit.quant.hf.checkpoint import base_config
-
     if not (path / "config.json").is_file():
         return
     try:
-        if is_quantized_folder(path):
-            config = base_config(read_quantized_config(path)[0])
-        else:
-            from transformers import AutoConfig
-
-            config = AutoConfig.from_pretrained(path)
+        config = _folder_config(path)
         with torch.device("meta"):
             AutoModelForCausalLM.from_config(config)
     except (OSError, ValueError, KeyError, ImportError):
