@@ -1,5 +1,6 @@
 """Binary-coding quantization: the fast batched fit equals a direct statement of the algorithm, codes are
-+-1, the code refit is the exact nearest level, and the early exit changes no bit."""
++-1, the code refit is the exact nearest level, and the early exit changes no bit. The fits run both ways a CPU
+has: the C rounds (bcq.c) and the torch / Python-float rounds (no compiler, or a GPU), with the same bits."""
 
 from __future__ import annotations
 
@@ -8,18 +9,36 @@ import pytest
 import torch
 from oracles import bcq, bcq_simple
 
+from llm1bit.quant.numerics import bcq as bcq_module
 from llm1bit.quant.numerics.apot import apot_value
 from llm1bit.quant.numerics.bcq import (
     LevelTable,
     _resolve,
+    _rounds_many,
+    _rounds_native,
+    _rounds_one,
     assign,
     bcq_fit,
     cg,
     greedy,
     group_rows,
     levels,
+    native_rounds,
     sign_table,
 )
+
+NATIVE = native_rounds()
+needs_native = pytest.mark.skipif(NATIVE is None, reason="bcq.c did not build here (no C compiler?)")
+
+
+@pytest.fixture(params=["native", "torch"])
+def rounds_path(request, monkeypatch):
+    """Run a test's fits through bcq.c's rounds, then through the torch / Python-float rounds."""
+    if request.param == "native" and NATIVE is None:
+        pytest.skip("bcq.c did not build here (no C compiler?)")
+    if request.param == "torch":
+        monkeypatch.setattr(bcq_module, "native_rounds", lambda: None)
+    return request.param
 
 
 def _column(n: int, seed: int) -> np.ndarray:
@@ -41,7 +60,7 @@ def test_sign_order_is_the_references() -> None:
 @pytest.mark.parametrize("q", [1, 2, 3, 4])
 @pytest.mark.parametrize("rounds", [0, 1, 4, 50])
 @pytest.mark.parametrize("terms", [None, 3])
-def test_fast_fit_equals_the_direct_algorithm(q: int, rounds: int, terms: int | None) -> None:
+def test_fast_fit_equals_the_direct_algorithm(q: int, rounds: int, terms: int | None, rounds_path) -> None:
     for seed in range(3):
         x = _column(80, seed)
         codes_ref, scales_ref = bcq_simple(x, q, rounds, terms)
@@ -53,7 +72,7 @@ def test_fast_fit_equals_the_direct_algorithm(q: int, rounds: int, terms: int | 
 
 
 @pytest.mark.parametrize("q", [2, 3])
-def test_early_exit_and_batching_change_no_bit(q: int) -> None:
+def test_early_exit_and_batching_change_no_bit(q: int, rounds_path) -> None:
     # a batch of 80 (torch rounds; it shrinks to its unfinished groups as they repeat), and of 12 (no shrinking)
     cols = np.stack([_column(96, s) for s in range(80)])
     sizes = np.full(80, 96)
@@ -73,7 +92,7 @@ def test_early_exit_and_batching_change_no_bit(q: int) -> None:
         assert torch.equal(one.scales[0], fast.scales[i]) and torch.equal(one.signs[0], fast.signs[i])
 
 
-def test_ragged_groups_equal_separate_fits() -> None:
+def test_ragged_groups_equal_separate_fits(rounds_path) -> None:
     x = torch.from_numpy(_column(100, 7))
     groups, sizes = group_rows(x, 32)  # 32, 32, 32, 4
     assert groups.shape == (4, 32) and sizes.tolist() == [32, 32, 32, 4]
@@ -84,7 +103,7 @@ def test_ragged_groups_equal_separate_fits() -> None:
 
 
 @pytest.mark.parametrize("q,rounds", [(1, 50), (3, 0), (2, 50), (3, 50)])
-def test_codes_are_plus_minus_one_and_scales_apot(q: int, rounds: int) -> None:
+def test_codes_are_plus_minus_one_and_scales_apot(q: int, rounds: int, rounds_path) -> None:
     x = np.stack(
         [_column(64, 1), np.zeros(64, np.float32), np.r_[np.zeros(32), np.ones(32)].astype(np.float32)]
     )
@@ -95,7 +114,7 @@ def test_codes_are_plus_minus_one_and_scales_apot(q: int, rounds: int) -> None:
     assert (xhat[1] == 0).all()  # an all-zero group has zero scales
 
 
-def test_greedy_codes_can_be_zero_but_fit_codes_cannot() -> None:
+def test_greedy_codes_can_be_zero_but_fit_codes_cannot(rounds_path) -> None:
     x = torch.zeros((1, 8))
     b, a = greedy(x, torch.tensor([8]), 2)
     assert (b == 0).all() and (a == 0).all()  # the reference's edge case (sign(0) = 0)
@@ -155,3 +174,57 @@ def test_cycles_resolve_to_the_state_after_all_rounds() -> None:
     assert _resolve(log, rounds=10, rounds_run=4, G=1, device="cpu").tolist() == [3]  # round 4: 2.0
     assert _resolve(log, rounds=9, rounds_run=4, G=1, device="cpu").tolist() == [2]  # round 3: 3.0
     assert _resolve(log[:1], rounds=9, rounds_run=2, G=1, device="cpu").tolist() == [1]  # no repeat: the last
+
+
+def _round_one_inputs(x: torch.Tensor, sizes: torch.Tensor, q: int):
+    """What `bcq_fit` hands every rounds path: B^T B, B^T x and the scales of the greedy codes."""
+    codes, a = greedy(x, sizes, q)
+    ct = codes.transpose(1, 2)
+    btx = torch.bmm(ct.double(), x.double()[:, :, None])[:, :, 0].float()
+    return torch.bmm(ct, codes), btx, a
+
+
+@needs_native
+@pytest.mark.parametrize("q", [2, 3, 4])
+@pytest.mark.parametrize("terms", [None, 1, 3])
+def test_c_rounds_equal_torch_rounds_bit_for_bit(q: int, terms: int | None) -> None:
+    """bcq.c against `_rounds_many` (batched torch) and `_rounds_one` (Python floats): the same scales and the same
+    rounds count, with and without the early exit, on full and ragged (padded) batches and 1-128 rounds."""
+    rng = np.random.default_rng(q * 10 + (terms or 0))
+    for trial, rounds in enumerate([1, 2, 7, 50, 128]):
+        G, n = int(rng.integers(2, 160)), int(rng.integers(5, 150))
+        x = (rng.standard_normal((G, n)) * 0.02).astype(np.float32)
+        x[rng.random((G, n)) < 0.02] *= 10  # outliers
+        sizes = np.full(G, n)
+        if trial % 2:
+            sizes = rng.integers(1, n + 1, G)
+            sizes[0] = n
+            x[np.arange(n)[None] >= sizes[:, None]] = 0.0
+        xt, st = torch.from_numpy(x), torch.from_numpy(sizes)
+        btb, btx, a = _round_one_inputs(xt, st, q)
+        for early in (True, False):
+            ours = _rounds_native(NATIVE, xt, st, q, rounds, terms, early, btb, btx, a)
+            batched = _rounds_many(xt, st, q, rounds, terms, early, btb, btx, a)
+            assert torch.equal(ours.scales, batched.scales) and ours.rounds_run == batched.rounds_run
+            if terms:
+                assert torch.equal(ours.signs, batched.signs) and torch.equal(ours.exps, batched.exps)
+            for g in range(min(G, 3)):  # one group alone, Python floats on the host
+                one = _rounds_one(xt[g], int(st[g]), q, rounds, terms, early, btb[g], btx[g], a[g])
+                assert torch.equal(one.scales[0], ours.scales[g])
+
+
+def test_without_a_compiler_the_rounds_run_in_torch(monkeypatch, tmp_path, capsys) -> None:
+    from llm1bit.quant import native
+
+    monkeypatch.setattr(native, "compiler", lambda: None)
+    monkeypatch.setenv("LLM1BIT_CACHE_DIR", str(tmp_path))
+    native_rounds.cache_clear()
+    try:
+        assert native_rounds() is None and native_rounds() is None
+        err = capsys.readouterr().err
+        assert err.count("warning:") == 1 and "no C compiler" in err and "same result" in err
+        cols = np.stack([_column(96, s) for s in range(20)])
+        fit = _fit(cols, np.full(20, 96), 3, 50, 3)  # the torch rounds
+        assert fit.scales.shape == (20, 3) and list(tmp_path.iterdir()) == []
+    finally:
+        native_rounds.cache_clear()

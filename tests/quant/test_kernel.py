@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from llm1bit.quant import native
 from llm1bit.quant.hf.kernel import build
 from llm1bit.quant.hf.kernel.gemv import ISAS, lut_linear, rotate
 from llm1bit.quant.hf.kernel.layout import prepare
@@ -318,7 +319,7 @@ def test_prepared_layout_follows_the_buffers() -> None:
 def test_no_compiler_warns_once_and_runs_dense(monkeypatch, tmp_path, capsys) -> None:
     from llm1bit.quant.hf.kernel import KernelRefused, forward
 
-    monkeypatch.setattr(build, "compiler", lambda: None)
+    monkeypatch.setattr(native, "compiler", lambda: None)
     monkeypatch.setenv("LLM1BIT_CACHE_DIR", str(tmp_path))
     build.load.cache_clear()
     try:
@@ -340,10 +341,10 @@ def test_no_compiler_warns_once_and_runs_dense(monkeypatch, tmp_path, capsys) ->
 def test_builds_from_scratch_into_the_cache(tmp_path, monkeypatch) -> None:
     """A fresh clone (empty cache): compiled at first use under $LLM1BIT_CACHE_DIR/kernels/<hash>/."""
     monkeypatch.setenv("LLM1BIT_CACHE_DIR", str(tmp_path))
-    cc = build.compiler()
-    target = build.build_dir(cc) / "liblut.so"
+    cc = native.compiler()
+    target = native.build_dir(build.SOURCE, cc) / "liblut.so"
     assert target.parent.parent == Path(tmp_path) / "kernels" and not target.exists()
-    build.compile_library(cc, target)
+    native.compile_library(cc, build.SOURCE, target)
     assert target.exists() and list(target.parent.iterdir()) == [target]
 
 

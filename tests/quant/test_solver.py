@@ -277,3 +277,27 @@ def test_caller_thread_setting_is_restored(make_layer) -> None:
         assert torch.get_num_threads() == 2
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(mode="lat", groupsize=128),  # batches of 24 groups per slab
+        dict(mode="lat"),  # 8 groups per slab (the small-batch path without C)
+        dict(mode="acc", groupsize=64),
+        dict(mode="acc", incoherence=False),  # one group per column
+    ],
+)
+def test_c_bcq_rounds_change_no_bit_of_a_layer(make_layer, monkeypatch, kw) -> None:
+    """The solver with bcq.c's rounds and with the torch / Python-float rounds: the same quantized layer."""
+    from llm1bit.quant.numerics import bcq
+
+    if bcq.native_rounds() is None:
+        pytest.skip("bcq.c did not build here (no C compiler?)")
+    w, h, _ = make_layer(192, 160, tokens=512, seed=9)
+    spec = QuantSpec(wbits=3, **kw)
+    with_c, final_c = solve(w, h, spec)
+    monkeypatch.setattr(bcq, "native_rounds", lambda: None)
+    without, final = solve(w, h, spec)
+    assert torch.equal(final_c, final) and with_c.error == without.error
+    assert torch.equal(with_c.codes.scales, without.codes.scales)

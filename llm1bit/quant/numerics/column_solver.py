@@ -16,8 +16,9 @@ Device: everything runs in torch on the weight's device (CPU or CUDA): the Hessi
 quantizers and their BCQ fits. Host steps that remain: the act-order permutation and the slab list (one
 read per layer), the early-exit count of each batched BCQ round, the rounds of fits of up to 8 groups
 (acc and lat without groups: Python floats, faster than any device's small kernels), on a CPU the sort of
-a fit's groups (NumPy's is ~30x faster than torch's there; `bcq.py`), and acc's rotations (float64 NumPy,
-once per layer, bit-exact on every machine; `incoherence.py`).
+a fit's groups (NumPy's is ~30x faster than torch's there) and the BCQ rounds themselves (C, `bcq.c`, the
+same bits; `bcq.py`), and acc's rotations (float64 NumPy, once per layer, bit-exact on every machine;
+`incoherence.py`).
 
 Threads: a layer is thousands of small operations (a BCQ round is a few dozen torch calls on tensors of a
 few hundred numbers) and a few large ones (the Cholesky factor, the block updates: O(K^3) and O(N K^2)).
@@ -433,12 +434,11 @@ def reverse_cholesky(h: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
 
 
 def _reversed(h: torch.Tensor, perm: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """H[back][:, back] in `dtype` (default H's), back = perm reversed: a new matrix, one pass per index."""
+    """H[back][:, back] in `dtype` (default H's), back = perm reversed: a new matrix. Both gathers run in H's
+    dtype and the copy is widened last (exact either way; a float32 gather moves half a float64 one's bytes)."""
     back = perm.flip(0)
-    rows = h.index_select(0, back)
-    if dtype is not None and rows.dtype != dtype:
-        rows = rows.to(dtype)
-    return rows.index_select(1, back)
+    out = h.index_select(0, back).index_select(1, back)
+    return out if dtype is None or out.dtype == dtype else out.to(dtype)
 
 
 def _reverse_factor(hr: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -585,8 +585,9 @@ def _solve(weight, hessian, spec: QuantSpec, threads: int, want_final: bool = Tr
 
 
 def _all_finite(t: torch.Tensor) -> bool:
-    """No NaN or inf in t: its float64 sum is finite (a NaN or inf always reaches it; one pass, no mask)."""
-    return bool(torch.isfinite(t.sum(dtype=torch.float64)))
+    """No NaN or inf in t: its sum is finite (a NaN or inf always reaches it; one pass, no mask). The sum in
+    t's dtype (a tenth of a float64 sum's time on a large Hessian), in float64 only when that one overflows."""
+    return bool(torch.isfinite(t.sum())) or bool(torch.isfinite(t.sum(dtype=torch.float64)))
 
 
 def _original_basis(q, incoherence):

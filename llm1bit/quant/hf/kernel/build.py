@@ -1,8 +1,5 @@
-"""Build the LUT kernel (`lut.c`) with the system C compiler at first use, cache it, load it with ctypes.
-
-The shared library lands in `<cache>/kernels/<hash>/liblut.so`, `<cache>` being `llm1bit.cache.default_cache_dir()`
-($LLM1BIT_CACHE_DIR, else $XDG_CACHE_HOME/llm1bit, else ~/.cache/llm1bit); the hash covers the source, the flags and
-the compiler's identity (`cc --version`), so a new compiler or a changed source builds anew. The library holds
+"""The LUT kernel (`lut.c`): built with the system C compiler at first use, cached and loaded by
+`llm1bit.quant.native` (`<cache>/kernels/<hash>/liblut.so`); here its ctypes signatures and ISA. The library holds
 both instruction sets (per-function `target` attributes, no -march=native) and reports which one this CPU runs
 (`llm1bit_isa`), so a cache shared between machines stays valid.
 
@@ -12,17 +9,14 @@ take the dense path."""
 from __future__ import annotations
 
 import ctypes
-import hashlib
-import os
-import shutil
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
+from llm1bit.quant import native
+
 SOURCE = Path(__file__).with_name("lut.c")
-FLAGS = ("-O3", "-shared", "-fPIC", "-pthread", "-std=gnu11", "-ffp-contract=off", "-fno-fast-math")
 ABI_VERSION = 3
 ISA_NAMES = {0: "none", 1: "avx2", 2: "avx512"}
 
@@ -80,46 +74,6 @@ class Library:
         return ISA_NAMES[self.isa]
 
 
-def compiler() -> str | None:
-    """$CC, else cc / gcc on PATH."""
-    for name in (os.environ.get("CC"), "cc", "gcc"):
-        if name and shutil.which(name):
-            return name
-    return None
-
-
-def build_dir(cc: str) -> Path:
-    from llm1bit.cache import default_cache_dir
-
-    try:
-        version = subprocess.run([cc, "--version"], capture_output=True, text=True, timeout=30).stdout
-    except (OSError, subprocess.SubprocessError):
-        version = ""
-    h = hashlib.sha256()
-    for part in (SOURCE.read_bytes(), " ".join(FLAGS).encode(), cc.encode(), version.encode()):
-        h.update(part)
-        h.update(b"\0")
-    return default_cache_dir() / "kernels" / h.hexdigest()[:16]
-
-
-def compile_library(cc: str, target: Path) -> None:
-    """Compile into a temporary file beside `target`, then rename it there (concurrent builds are safe)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
-    os.close(fd)
-    try:
-        proc = subprocess.run(
-            [cc, *FLAGS, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True, timeout=300
-        )
-        if proc.returncode != 0:
-            lines = (proc.stderr or proc.stdout).strip().splitlines()
-            raise RuntimeError(f"{cc} failed: {lines[0] if lines else 'no output'}")
-        os.replace(tmp, target)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 @lru_cache(maxsize=1)
 def load() -> Library | None:
     """The compiled kernel (built on first use), or None with one warning when it cannot be had here."""
@@ -142,25 +96,14 @@ def unavailable_reason() -> str | None:
         return f"the LUT kernel needs an x86-64 CPU (this is {platform.machine()})"
     if not SOURCE.exists():
         return f"the LUT kernel's source {SOURCE.name} is missing from this installation"
-    if compiler() is None:
+    if native.compiler() is None:
         return "no C compiler (cc, gcc or $CC) found to build the LUT kernel"
     return None
 
 
 def _load() -> Library:
-    cc = compiler()
-    assert cc is not None
-    target = build_dir(cc) / "liblut.so"
-    if not target.exists():
-        compile_library(cc, target)
-    lib = ctypes.CDLL(str(target))
-    lib.llm1bit_abi_version.restype = ctypes.c_int
-    if lib.llm1bit_abi_version() != ABI_VERSION:
-        raise RuntimeError(f"{target} has another ABI version")
-    for name, (restype, argtypes) in SIGNATURES.items():
-        fn = getattr(lib, name)
-        fn.restype, fn.argtypes = restype, argtypes
+    lib, path = native.load_library(SOURCE, "liblut", ("llm1bit_abi_version", ABI_VERSION), SIGNATURES)
     isa = int(lib.llm1bit_isa())
     if isa == 0:
         raise RuntimeError("this CPU has neither AVX-512 nor AVX2 with FMA")
-    return Library(lib, target, isa, int(lib.llm1bit_bf16_isa()))
+    return Library(lib, path, isa, int(lib.llm1bit_bf16_isa()))
