@@ -25,10 +25,13 @@ It is made fast without changing the result:
   where the batched path's few dozen torch operations cost more than the arithmetic on any device and
   run until the slowest group of the batch cycles. The operations are those of the batched path in the
   same order, so a group gets the same bits either way (tested).
-* On a CPU the rounds run in C (`bcq.c`, built at first use by `llm1bit.quant.native`), group by group, each
-  stopping at its own repeat: the same steps in the same order and precision, the same bits as both paths
-  above (tested), a lat slab's fit ~5x faster than the batched torch rounds. Without a C compiler (one warning)
-  and on a GPU the two paths above run.
+* Where a C compiler is, the rounds run in C on the host (`bcq.c`, built at first use by
+  `llm1bit.quant.native`), group by group, each stopping at its own repeat: the same steps in the same order
+  and precision, the same bits as both paths above (tested on a CPU), a lat slab's fit ~5x faster than the
+  batched torch rounds on a CPU. On a GPU too: the greedy start is computed on the device, the fit's inputs
+  copied to the host once (one synchronisation, where the torch rounds synchronise every round for the early
+  exit), the scales copied back; a torch round is some 85 calls of a few microseconds each on any device
+  (not measured on a GPU: none was available). Without a compiler (one warning) the two paths above run.
 
 Deviations from the reference, each deliberate:
 * B^T x is summed in float64 and rounded to float32 (the reference sums in float32 on the GPU in
@@ -237,8 +240,15 @@ def bcq_fit(
     btb = torch.bmm(ct, codes)
     btx = torch.bmm(ct.double(), x.double()[:, :, None])[:, :, 0].float()
     del codes, ct
-    if x.device.type == "cpu" and q <= NATIVE_MAX_Q and (rounds_fn := native_rounds()) is not None:
-        return _rounds_native(rounds_fn, x, sizes, q, rounds, apot_terms, early_exit, btb, btx, a)
+    if q <= NATIVE_MAX_Q and (rounds_fn := native_rounds()) is not None:
+        # on every device: host work (a GPU's torch rounds are as op-count bound as a CPU's; module docstring)
+        host = [t.cpu() for t in (x, sizes, btb, btx, a)]
+        fit = _rounds_native(rounds_fn, host[0], host[1], q, rounds, apot_terms, early_exit, *host[2:])
+        if x.device.type != "cpu":
+            fit.scales, fit.signs, fit.exps = (
+                None if t is None else t.to(x.device) for t in (fit.scales, fit.signs, fit.exps)
+            )
+        return fit
     if x.shape[0] <= SMALL_BATCH:
         fits = [
             _rounds_one(x[g], int(sizes[g]), q, rounds, apot_terms, early_exit, btb[g], btx[g], a[g])
@@ -278,15 +288,15 @@ def native_rounds():
 
 
 def _rounds_native(rounds_fn, x, sizes, q, rounds, apot_terms, early_exit, btb, btx, a) -> BCQFit:
-    """Refinement rounds of a batch on a CPU in C (bcq.c), each group stopping at its own repeat: the bits of
-    `_rounds_many` (tested), a group's round in well under a microsecond instead of a batch's ~85 torch calls."""
+    """Refinement rounds of a batch (CPU tensors) in C (bcq.c), each group stopping at its own repeat: the bits
+    of `_rounds_many` (tested), a group's round in well under a microsecond instead of a batch's ~85 torch calls."""
     G, n = x.shape
-    sizes_np = np.ascontiguousarray(sizes.numpy(), dtype=np.int64)
-    x_np = x.numpy()
+    sizes_np = np.ascontiguousarray(sizes.detach().numpy(), dtype=np.int64)
+    x_np = x.detach().numpy()
     if int(sizes_np.min()) < n:  # padding sorts last
         x_np = np.where(np.arange(n)[None, :] >= sizes_np[:, None], np.float32(np.inf), x_np)
     xs = np.sort(x_np, axis=1)
-    btb_np, btx_np, a_np = (np.ascontiguousarray(t.numpy(), dtype=np.float32) for t in (btb, btx, a))
+    btb_np, btx_np, a_np = (np.ascontiguousarray(t.detach().numpy(), dtype=np.float32) for t in (btb, btx, a))
     out = np.empty((G, q), dtype=np.float32)
     ran = rounds_fn(
         G,
