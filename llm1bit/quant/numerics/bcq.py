@@ -58,7 +58,7 @@ CG_EPS = 1e-6  # float32 in every use
 MAX_PERIOD = 4  # longest cycle of scale vectors the early exit looks for
 SMALL_BATCH = 8  # fits of this many groups or fewer run their rounds with Python floats on the host
 COMPACT_MIN = 64  # a batch of fewer groups is not shrunk to its unfinished groups
-NATIVE_SOURCE = Path(__file__).with_name("bcq.c")  # the rounds in C on a CPU (`native_rounds`)
+NATIVE_SOURCE = Path(__file__).with_name("bcq.c")  # the rounds in C on the host (`native_rounds`)
 NATIVE_MAX_Q = 8  # the largest q bcq.c takes
 
 

@@ -16,9 +16,9 @@ Device: everything runs in torch on the weight's device (CPU or CUDA): the Hessi
 quantizers and their BCQ fits. Host steps that remain: the act-order permutation and the slab list (one
 read per layer), the early-exit count of each batched BCQ round, the rounds of fits of up to 8 groups
 (acc and lat without groups: Python floats, faster than any device's small kernels), on a CPU the sort of
-a fit's groups (NumPy's is ~30x faster than torch's there), the BCQ rounds themselves on any device where a C
-compiler is (`bcq.c`, the same bits as the torch rounds; `bcq.py`), and acc's rotations (float64 NumPy, once per layer, bit-exact on every machine;
-`incoherence.py`).
+a fit's groups (NumPy's is ~30x faster than torch's there), the BCQ rounds themselves on any device where a
+C compiler is (`bcq.c`, the same bits as the torch rounds; `bcq.py`), and acc's rotations (float64 NumPy,
+once per layer, bit-exact on every machine; `incoherence.py`).
 
 Threads: a layer is thousands of small operations (a BCQ round is a few dozen torch calls on tensors of a
 few hundred numbers) and a few large ones (the Cholesky factor, the block updates: O(K^3) and O(N K^2)).
