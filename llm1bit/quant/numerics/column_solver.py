@@ -24,8 +24,8 @@ Threads: a layer is thousands of small operations (a BCQ round is a few dozen to
 few hundred numbers) and a few large ones (the Cholesky factor, the block updates: O(K^3) and O(N K^2)).
 `solve` runs everything with one torch thread and gives the caller's thread count only to operations of
 at least PARALLEL_FLOPS (the Cholesky factor); with 2 or more threads the block updates of the loop run on
-a worker thread, one core, behind the small operations of the next block (`gptq_loop`). Measured on 2 shared cores: with 2 threads for everything a SmolLM2 layer once
-took 10x as long, and a single small `searchsorted` took 6 ms instead of 15 us, because every parallel
+a worker thread, one core, behind the small operations of the next block (`gptq_loop`). Measured on 2 shared
+cores: with 2 threads for everything a SmolLM2 layer once took 10x as long, and a single small `searchsorted` took 6 ms instead of 15 us, because every parallel
 region waits for a pool worker that the machine's other work has descheduled; the large operations,
 where 2 threads help, are the ones that get them. Small operations also run in inference mode (about
 13 % less overhead each); the returned tensors are ordinary ones.
@@ -383,10 +383,11 @@ def plain_bcq(w: torch.Tensor, q: int, groupsize: int, rounds: int) -> BinaryCod
     )
 
 
-def zero_dead_inputs(w: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """Dead inputs (H_jj == 0, never active in calibration): H_jj = 1 and W[:, j] = 0, in place. Returns the mask."""
-    dead = h.diagonal() == 0
-    h.diagonal()[dead] = 1.0
+def zero_dead_inputs(w: torch.Tensor, diag: torch.Tensor) -> torch.Tensor:
+    """Dead inputs (H_jj == 0 in `diag`, H's diagonal or a copy of it: never active in calibration): H_jj = 1 and
+    W[:, j] = 0, in place. Returns the mask."""
+    dead = diag == 0
+    diag[dead] = 1.0
     w[:, dead] = 0.0
     return dead
 
@@ -395,7 +396,7 @@ def gptq_fixup(w: torch.Tensor, h: torch.Tensor, percdamp: float) -> tuple[torch
     """`zero_dead_inputs`, then H += percdamp * mean(diag H) * I (in place).
 
     Returns (the diagonal before damping (the act-order score), the damping lambda (0-d))."""
-    zero_dead_inputs(w, h)
+    zero_dead_inputs(w, h.diagonal())
     diag = h.diagonal().clone()
     damp = percdamp * diag.mean()
     h.diagonal().add_(damp)
@@ -427,22 +428,17 @@ def block_order(
     return torch.tensor(perm, device=diag.device), slabs
 
 
-def reverse_cholesky(h: torch.Tensor, perm: torch.Tensor) -> torch.Tensor:
-    """Upper R with H' = R R^T for H' = H[perm][:, perm] (the Cholesky factor of H' reversed, reversed), in H's
-    dtype. R^-1 is the upper Cholesky factor of H'^-1 that GPTQ uses; `gptq_loop` needs only R."""
-    return _reverse_factor(_reversed(h, perm), h.dtype)
-
-
-def _reversed(h: torch.Tensor, perm: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """H[back][:, back] in `dtype` (default H's), back = perm reversed: a new matrix. Both gathers run in H's
-    dtype and the copy is widened last (exact either way; a float32 gather moves half a float64 one's bytes)."""
+def _reversed(h: torch.Tensor, perm: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """H[back][:, back] in `dtype`, back = perm reversed: a new matrix. Both gathers run in H's dtype and the copy
+    is widened last (exact either way; a float32 gather moves half a float64 one's bytes)."""
     back = perm.flip(0)
     out = h.index_select(0, back).index_select(1, back)
-    return out if dtype is None or out.dtype == dtype else out.to(dtype)
+    return out if out.dtype == dtype else out.to(dtype)
 
 
 def _reverse_factor(hr: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """R (upper, `dtype`) from the reversed H' `hr` (overwritten): its lower Cholesky factor, flipped both ways.
+    """R (upper, `dtype`) with H' = R R^T, from the reversed H' `hr` (overwritten): its lower Cholesky factor,
+    flipped both ways. R^-1 is the upper Cholesky factor of H'^-1 that GPTQ uses; `gptq_loop` needs only R.
 
     The factor is written over `hr` and rounded to `dtype` before the flip: around the factorisation a large
     layer spends its time in fresh pages and memory passes, so no further K x K float64 matrix is made."""
@@ -532,16 +528,14 @@ def _solve(weight, hessian, spec: QuantSpec, threads: int, want_final: bool = Tr
         # by 1/s_j (about 30x). Zeroing dead inputs first, as GPTQ does, leaves them (nearly) zero instead.
         # The rotations are float64 NumPy (bit-reproducible on any machine), once per layer on the host.
         h = h.to(dtype=torch.float64, copy=True)
-        zero_dead_inputs(w, h)
+        zero_dead_inputs(w, h.diagonal())
         w_np, h_np, incoherence = incoherence_preprocess(
             w.cpu().numpy(), h.cpu().numpy(), spec.seed, spec.module
         )
         w, h = torch.from_numpy(w_np).to(device), torch.from_numpy(h_np).to(device)
     # `gptq_fixup` on the diagonal alone (H itself is only read, once, by the permuted float64 copy below)
     diag = h.diagonal().to(torch.float64, copy=True)
-    dead = diag == 0
-    diag[dead] = 1.0
-    w[:, dead] = 0.0
+    dead = zero_dead_inputs(w, diag)
     damp = spec.percdamp * diag.mean()
     perm, slabs = block_order(diag, spec.act_order) if lat else column_order(diag, spec.act_order)
     hr = _reversed(h, perm, torch.float64)

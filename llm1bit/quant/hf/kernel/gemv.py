@@ -380,20 +380,7 @@ class FusedLayers:
         if threads is None:
             threads = torch.get_num_threads() if self.work * m >= THREAD_MIN_WORK else 1
         y = torch.empty(m, self.n, dtype=torch.bfloat16)
-        _check(
-            self.lib.lib.llm1bit_lut_gemm_bf16_multi(
-                self.layers,
-                self.count,
-                xf.data_ptr(),
-                self.k,
-                y.data_ptr(),
-                self.n,
-                None if self.bias is None else self.bias.data_ptr(),
-                m,
-                threads,
-                self.isa,
-            )
-        )
+        _check(self.lib.lib.llm1bit_lut_gemm_bf16_multi(*self._args(xf, y, m, threads)))
         return y.reshape(*lead, self.n)
 
     def bind(self, x: torch.Tensor, y: torch.Tensor, threads: int) -> Callable[[], int]:
@@ -409,9 +396,12 @@ class FusedLayers:
             raise ValueError(
                 f"bind writes one contiguous bf16 row of {self.n}, not {y.dtype} {tuple(y.shape)}"
             )
+        return functools.partial(self.lib.lib.llm1bit_lut_gemm_bf16_multi, *self._args(x, y, 1, threads))
+
+    def _args(self, x: torch.Tensor, y: torch.Tensor, m: int, threads: int) -> tuple:
+        """`llm1bit_lut_gemm_bf16_multi`'s arguments for m rows of x into y."""
         bias = None if self.bias is None else self.bias.data_ptr()
-        fn = self.lib.lib.llm1bit_lut_gemm_bf16_multi
-        args = (
+        return (
             self.layers,
             self.count,
             x.data_ptr(),
@@ -419,11 +409,10 @@ class FusedLayers:
             y.data_ptr(),
             self.n,
             bias,
-            1,
+            m,
             threads,
             self.isa,
         )
-        return functools.partial(fn, *args)
 
 
 def pool_spin_us(us: int) -> int:
